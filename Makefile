@@ -1,0 +1,47 @@
+# stovtal — every target runs inside .venv, created on first use.
+PY      := .venv/bin/python
+VENV    := .venv/.installed
+VIDEOS  ?= videos
+STORE   ?= features.zarr
+MODEL   ?= ViT-B-16
+PRETRAINED ?= openai
+ARGS    ?=
+OUT     ?= demo_out
+SEED    ?= 0
+
+.PHONY: install test extract bench demo study selftrain clean
+
+install: $(VENV)
+
+$(VENV): setup.cfg setup.py
+	python3 -m venv .venv
+	$(PY) -m pip install --upgrade pip
+	# The pinned torch pair; on the dev machines pip takes them from local disk.
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -e '.[dev]'
+	touch $(VENV)
+
+test: $(VENV)
+	$(PY) -m pytest -q tests
+
+extract: $(VENV)
+	.venv/bin/tal-extract videos $(VIDEOS) --store $(STORE) --model $(MODEL) --pretrained $(PRETRAINED) $(ARGS)
+
+bench: $(VENV)
+	$(PY) tools/bench_store.py
+	$(PY) tools/bench_extract.py
+	$(PY) tools/bench_eval.py
+	$(PY) tools/bench_train.py
+	$(PY) tools/bench_pseudo.py
+
+demo: $(VENV)
+	$(PY) -m tal.demo --out $(OUT) --seed $(SEED)
+
+study: $(VENV)
+	$(PY) -m tal.study --out study_out
+
+selftrain: $(VENV)
+	.venv/bin/tal-selftrain $(ARGS)
+
+clean:
+	rm -rf demo_out study_out .pytest_cache
