@@ -1,0 +1,1 @@
+"""Evaluation: ActivityNet-exact detection mAP, OV-TAL protocols, reports and plots."""

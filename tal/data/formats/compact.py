@@ -1,0 +1,25 @@
+"""The compact THUMOS14 JSON: {vid: {"duration", "frames", "subset", "annotations": [{segment, label}]}}."""
+
+from __future__ import annotations
+
+from tal.data.annotations import AnnotationBuilder, AnnotationError
+
+
+def read(builder: AnnotationBuilder, data) -> None:
+    for vid, entry in data.items():
+        if not isinstance(entry, dict):
+            raise AnnotationError(f"{builder.where(vid)}: entry is not an object")
+        for key in ("subset", "duration", "annotations"):
+            if key not in entry:
+                raise AnnotationError(f"{builder.where(vid, key)}: missing")
+        fps = None
+        if entry.get("frames") and entry["duration"]:
+            # Frames over duration gives the source fps these files were cut at.
+            fps = float(entry["frames"]) / float(entry["duration"])
+        video = builder.add_video(vid, entry["subset"], entry["duration"], fps)
+        if not isinstance(entry["annotations"], list):
+            raise AnnotationError(f"{builder.where(vid, 'annotations')}: expected a list")
+        for i, ann in enumerate(entry["annotations"]):
+            if not isinstance(ann, dict) or "segment" not in ann or "label" not in ann:
+                raise AnnotationError(f"{builder.where(vid, f'annotations[{i}]')}: needs 'segment' and 'label'")
+            builder.add_segment(video, ann["segment"], ann["label"], index=i)
