@@ -1,0 +1,338 @@
+"""FeatureStore: the one API over both backends, and the commit protocol that keeps stores whole.
+
+Writing a video: (1) grow arrays if needed, (2) write its rows, index row and id bytes past the
+committed ends, (3) publish a new commit record {videos, rows, id_bytes, log_bytes} in one atomic
+write. Readers only look at the committed prefix, so anything a killed writer left past it is
+invisible and is overwritten by the next writer. The index is read once at open (a few calls);
+reading a video is then one contiguous slice of the row array.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .lock import WriterLock
+from .model import StoreError, VideoInfo, Vocabulary
+from .records import (C, FORMAT_VERSION, check_info, decode_ids, encode_id,
+                      failure_record, index_row, info_from_row, parse_log, vocabulary_from_record,
+                      vocabulary_record)
+
+DTYPES = ("float16", "float32")
+SCAN_BLOCK_BYTES = 2 << 20  # small blocks come back from the heap warm; bigger ones page-fault afresh
+
+
+def backend_for(path: Path):
+    # Imported on demand: a process that only touches one backend never pays for the other's import.
+    suffix = path.suffix.lower()
+    if suffix == ".zarr":
+        from .backend_zarr import ZarrBackend
+        return ZarrBackend
+    if suffix in (".h5", ".hdf5"):
+        from .backend_hdf5 import Hdf5Backend
+        return Hdf5Backend
+    raise StoreError(f"{path}: unknown store type; use a .zarr directory or a .h5/.hdf5 file")
+
+
+def create_store(path, *, dim: int, provenance: dict, dtype="float16") -> "FeatureStore":
+    """Create an empty store (backend by suffix) and return it open for appending."""
+    path = Path(path)
+    backend = backend_for(path)
+    dtype = np.dtype(dtype).name
+    if dtype not in DTYPES:
+        raise StoreError(f"{path}: dtype must be one of {DTYPES}, got {dtype}")
+    if not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise StoreError(f"{path}: dim must be a positive integer, got {dim!r}")
+    if path.exists():
+        raise StoreError(f"{path}: already exists")
+    prov = _plain_json(dict(provenance or {}), path)
+    prov.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    prov.setdefault("stovtal_version", package_version())
+    prov["dtype"], prov["dim"] = dtype, int(dim)
+    header = {"format": FORMAT_VERSION, "dim": int(dim), "dtype": dtype, "provenance": prov}
+    if not path.parent.is_dir():
+        raise StoreError(f"{path}: parent directory does not exist")
+    backend.create(path, header)
+    return FeatureStore(path, "a")
+
+
+def open_store(path, mode: str = "r") -> "FeatureStore":
+    """Open an existing store read-only ("r") or for appending ("a")."""
+    if mode not in ("r", "a"):
+        raise StoreError(f"{path}: mode must be 'r' or 'a', got {mode!r}")
+    return FeatureStore(Path(path), mode)
+
+
+class FeatureStore:
+    def __init__(self, path: Path, mode: str = "r"):
+        self.path = Path(path)
+        self.mode = mode
+        backend = backend_for(self.path)
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: no such store")
+        self._lock, self._b = None, None
+        try:
+            self._lock = WriterLock(backend.lock_path(self.path), self.path) if mode == "a" else None
+            self._b = backend(self.path, writable=(mode == "a"))
+            header = self._b.header
+            if header.get("format") != FORMAT_VERSION:
+                raise StoreError(f"{self.path}: unsupported store format {header.get('format')!r}")
+            self.dim = int(header["dim"])
+            self.dtype = np.dtype(header["dtype"])
+            self.provenance = dict(header["provenance"])
+            self.backend = self._b.kind
+            self._load()
+        except BaseException:
+            self.close()  # never keep a lock or a file handle for a store we failed to open
+            raise
+
+    # --- reading -------------------------------------------------------------------------------------
+    def _load(self) -> None:
+        """Read the committed index, ids and metadata log (a handful of calls)."""
+        self._commit = self._b.read_commit(refresh=True)
+        n = self._commit["videos"]
+        self._index = self._b.read_index(n)
+        self._ids = decode_ids(self._b.read_bytes("ids", self._commit["id_bytes"]), self._index[:, C["id_end"]])
+        self._pos = {vid: i for i, vid in enumerate(self._ids)}
+        self._failures, self._vocabs = {}, {}
+        for header, payload in parse_log(self._b.read_bytes("log", self._commit["log_bytes"]), str(self.path)):
+            if header["kind"] == "failure":
+                self._failures[header["id"]] = header["reason"]
+            elif header["kind"] == "vocabulary":
+                self._vocabs[header["name"]] = (header, payload)
+
+    def refresh(self) -> None:
+        """Re-read the commit record to see videos another process finished since open."""
+        self._load()
+
+    def video_ids(self) -> list[str]:
+        return list(self._ids)
+
+    def __contains__(self, vid) -> bool:
+        return vid in self._pos
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def num_rows(self) -> int:
+        return self._commit["rows"]
+
+    def _row(self, vid) -> np.ndarray:
+        try:
+            return self._index[self._pos[vid]]
+        except (KeyError, TypeError):
+            raise StoreError(f"{self.path}: no video {vid!r}") from None
+
+    def row_span(self, vid) -> tuple[int, int]:
+        """Where a video's rows sit in the store's row array: [start, stop)."""
+        row = self._row(vid)
+        start = int(row[C["offset"]])
+        return start, start + int(row[C["length"]])
+
+    def read(self, vid) -> np.ndarray:
+        return self._b.read_rows(*self.row_span(vid))
+
+    def info(self, vid) -> VideoInfo:
+        return info_from_row(self._row(vid))
+
+    def iter_videos(self, ids: Iterable[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+        """Yield (id, rows) in store order, reading many videos per call (a full scan's fast path)."""
+        wanted = None if ids is None else set(ids)
+        order = [i for i, v in enumerate(self._ids) if wanted is None or v in wanted]
+        block_rows = max(1, SCAN_BLOCK_BYTES // (self.dim * self.dtype.itemsize))
+        k = 0
+        while k < len(order):
+            first = order[k]
+            start = int(self._index[first, C["offset"]])
+            j = k
+            # extend the block over consecutive stored videos while it stays under the block size
+            while j + 1 < len(order) and order[j + 1] == order[j] + 1:
+                nxt = self._index[order[j + 1]]
+                if nxt[C["offset"]] + nxt[C["length"]] - start > block_rows:
+                    break
+                j += 1
+            last = self._index[order[j]]
+            block = self._b.read_rows(start, int(last[C["offset"]] + last[C["length"]]))
+            for i in order[k:j + 1]:
+                a = int(self._index[i, C["offset"]]) - start
+                yield self._ids[i], block[a:a + int(self._index[i, C["length"]])]
+            k = j + 1
+
+    def failures(self) -> dict[str, str]:
+        """Latest recorded reason per video, for videos that have not since been written."""
+        return {vid: r for vid, r in self._failures.items() if vid not in self._pos}
+
+    def vocabulary_names(self) -> list[str]:
+        return list(self._vocabs)
+
+    def vocabulary(self, name) -> Vocabulary:
+        if name not in self._vocabs:
+            raise StoreError(f"{self.path}: no vocabulary {name!r} (have: {', '.join(self._vocabs) or 'none'})")
+        return vocabulary_from_record(*self._vocabs[name])
+
+    def bytes_on_disk(self) -> int:
+        return self._b.bytes_on_disk()
+
+    # --- writing -------------------------------------------------------------------------------------
+    def _writable(self) -> None:
+        if self.mode != "a" or self._b is None:
+            raise StoreError(f"{self.path}: store is not open for writing (use mode='a')")
+
+    def write_video(self, vid, rows: np.ndarray, info: VideoInfo) -> None:
+        """Append one video; it becomes visible to readers only once all of it is written."""
+        self.write_videos([(vid, rows, info)])
+
+    def write_videos(self, items: Iterable[tuple[str, np.ndarray, VideoInfo]]) -> None:
+        """Append several videos with one commit: all of them become visible together, or none."""
+        self._writable()
+        checked, keys, batch = [], [], set()
+        for vid, rows, info in items:
+            checked.append(self._check_video(vid, rows, info, batch))
+            keys.append(encode_id(vid))
+            batch.add(vid)
+        if not checked:
+            return
+        c = dict(self._commit)
+        n_rows = sum(len(r) for _, r, _ in checked)
+        need = {"rows": c["rows"] + n_rows, "videos": c["videos"] + len(checked),
+                "id_bytes": c["id_bytes"] + sum(len(k) for k in keys), "log_bytes": c["log_bytes"]}
+        self._b.ensure_capacity(need, c)
+        if n_rows:
+            block = checked[0][1] if len(checked) == 1 else np.concatenate([r for _, r, _ in checked])
+            self._b.write_rows(c["rows"], block)
+        entries, offset, id_end = [], c["rows"], c["id_bytes"]
+        for (vid, rows, info), key in zip(checked, keys):
+            id_end += len(key)
+            entries.append(index_row(offset, info, id_end))
+            offset += len(rows)
+        entries = np.stack(entries)
+        self._b.write_index(c["videos"], entries)
+        self._b.write_bytes("ids", c["id_bytes"], b"".join(keys))
+        self._b.write_commit(need)  # the commit point
+        self._commit = need
+        self._index = np.concatenate([self._index, entries])
+        for vid, _, _ in checked:
+            self._pos[vid] = len(self._ids)
+            self._ids.append(vid)
+
+    def _check_video(self, vid, rows, info, batch) -> tuple:
+        encode_id(vid)
+        where = f"{self.path}: video {vid!r}"
+        if vid in self._pos or vid in batch:
+            raise StoreError(f"{where} is already in the store")
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise StoreError(f"{where}: rows must have shape [T, {self.dim}], got {list(rows.shape)}")
+        if not np.issubdtype(rows.dtype, np.number):
+            raise StoreError(f"{where}: rows must be numeric, got {rows.dtype}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            stored = rows.astype(self.dtype, copy=False)
+        if not np.isfinite(stored).all():
+            raise StoreError(f"{where}: rows contain NaN/inf (after conversion to {self.dtype})")
+        check_info(info, len(rows), where)
+        return vid, stored, info
+
+    def _append_log(self, record: bytes) -> None:
+        c = dict(self._commit)
+        need = dict(c, log_bytes=c["log_bytes"] + len(record))
+        self._b.ensure_capacity(need, c)
+        self._b.write_bytes("log", c["log_bytes"], record)
+        self._b.write_commit(need)
+        self._commit = need
+
+    def add_failure(self, vid, reason: str) -> None:
+        self._writable()
+        encode_id(vid)
+        self._append_log(failure_record(vid, reason))
+        self._failures[vid] = str(reason)
+
+    def add_vocabulary(self, name, classes, embeddings, template=None, provenance=None) -> None:
+        """Store class-name text embeddings [K, D]; rows are L2-normalised as stored. Same name replaces."""
+        self._writable()
+        where = f"{self.path}: vocabulary {name!r}"
+        if not isinstance(name, str) or not name:
+            raise StoreError(f"{self.path}: vocabulary name must be a non-empty string")
+        classes = [str(c) for c in classes]
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[1] != self.dim:
+            raise StoreError(f"{where}: embeddings must have shape [K, {self.dim}], got {list(emb.shape)}")
+        if emb.shape[0] != len(classes):
+            raise StoreError(f"{where}: {emb.shape[0]} embeddings for {len(classes)} class names")
+        if not np.isfinite(emb).all():
+            raise StoreError(f"{where}: embeddings contain NaN/inf")
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise StoreError(f"{where}: an embedding row is all zeros")
+        vocab = Vocabulary(name=name, classes=classes, embeddings=emb / norms,
+                           template=None if template is None else str(template),
+                           provenance=_plain_json(dict(provenance or {}), self.path))
+        record = vocabulary_record(vocab)
+        self._append_log(record)
+        header, payload = next(parse_log(record, where))
+        self._vocabs[name] = (header, payload)
+
+    def reserve(self, *, rows: int = 0, videos: int = 0, id_bytes: int = 0) -> None:
+        """Grow capacity once up front when the final size is known (merge, convert, import)."""
+        self._writable()
+        c = self._commit
+        self._b.ensure_capacity({"rows": c["rows"] + rows, "videos": c["videos"] + videos,
+                                 "id_bytes": c["id_bytes"] + id_bytes, "log_bytes": c["log_bytes"]}, c)
+
+    # --- lifetime ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._b is not None:
+            self._b.close()
+            self._b = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __getstate__(self):
+        # DataLoader workers get their own read-only handle; writers are never shared.
+        if self.mode != "r":
+            raise StoreError(f"{self.path}: a store open for writing cannot be sent to another process")
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state):
+        self.__init__(Path(state["path"]), "r")
+
+    def __repr__(self) -> str:
+        return (f"FeatureStore({str(self.path)!r}, {self.backend}, videos={len(self)}, dim={self.dim}, "
+                f"dtype={self.dtype.name}, mode={self.mode!r})")
+
+
+def _plain_json(value: dict, path: Path) -> dict:
+    """Provenance as plain JSON types (numpy scalars/arrays and tuples converted), or a clear error."""
+    def convert(x):
+        if isinstance(x, (np.generic, np.ndarray)):
+            return x.tolist()
+        raise TypeError(f"{type(x).__name__} is not JSON")
+    try:
+        return json.loads(json.dumps(value, default=convert))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{path}: provenance must be JSON-serialisable ({exc})") from None
+
+
+def package_version() -> str:
+    try:
+        from features import __version__
+        return __version__
+    except ImportError:
+        return "unknown"
