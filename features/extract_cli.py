@@ -1,0 +1,211 @@
+"""`tal-extract`: extract snippet features from videos (`videos`) and class-name embeddings (`text`).
+
+Exit status of `tal-extract videos`: 0 every video extracted (or already there); 3 finished, but some
+videos failed (each recorded with its reason in the store's failure log and the summary); 1 the run
+could not go on (weights unavailable, incompatible store, ...); 2 bad command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from features.extract import (EXIT_SOME_FAILED, ExtractError, ExtractOptions, collect_videos, extract_videos,
+                              extract_vocabulary, parse_shard, shard_from_env, shard_jobs, shard_store_path)
+
+log = logging.getLogger("features.extract")
+
+
+def _setup_logging(level: str) -> None:
+    # Libraries (open_clip logs to the root logger) only speak up from WARNING; stovtal at --log-level.
+    # force=True: each invocation writes to the current stderr, also when called in-process.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("features").setLevel(getattr(logging, level.upper()))
+
+
+def _load_encoder(model, pretrained, checkpoint, device, precision, seed=None):
+    from features.encoders import RANDOM_SEED, RANDOM_TAGS, EncoderError, load_encoder
+
+    if checkpoint is None and (pretrained or "none").lower() in RANDOM_TAGS:
+        click.secho(f"WARNING: --pretrained {pretrained}: {model} gets RANDOM weights; the features mean "
+                    f"nothing (fine for tests and benchmarks). The store records pretrained='random'.",
+                    fg="red", bold=True, err=True)
+    if device == "auto" and "LOCAL_RANK" in os.environ:
+        import torch
+        if torch.cuda.is_available():  # torchrun: one GPU per local process
+            device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+    try:
+        return load_encoder(model, pretrained, checkpoint, device=device, precision=precision,
+                            seed=RANDOM_SEED if seed is None else seed)
+    except EncoderError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _grid(fps, num_frames, stride, frame_step):
+    from features.store import Grid
+
+    if not fps > 0:
+        raise click.BadParameter(f"{fps} must be > 0", param_hint="--fps")
+    for name, value in (("--num-frames", num_frames), ("--stride", stride), ("--frame-step", frame_step)):
+        if value < 1:
+            raise click.BadParameter(f"{value} must be >= 1", param_hint=name)
+    return Grid(fps=float(fps), window=num_frames, stride=stride, frame_step=frame_step)
+
+
+@click.group()
+def main():
+    """Extract open_clip snippet features into a feature store."""
+
+
+@main.command("videos")
+@click.argument("videos", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--list", "list_file", type=click.Path(path_type=Path), help="Text file of video paths, one a line.")
+@click.option("--store", required=True, type=click.Path(path_type=Path),
+              help="Feature store (.zarr directory or .h5 file); created, or resumed if it exists.")
+@click.option("--model", default="ViT-B-16", show_default=True,
+              help="open_clip architecture name, or a custom open_clip config FILE.json.")
+@click.option("--pretrained", default="openai", show_default=True,
+              help="open_clip pretrained tag, or 'none' for random weights.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Local weights file (recorded by sha256).")
+@click.option("--fps", default=30.0, show_default=True, help="Target frame rate of the grid.")
+@click.option("--num-frames", "--window", "num_frames", default=16, show_default=True,
+              help="Snippet window, in target frames.")
+@click.option("--stride", default=4, show_default=True, help="Snippet stride, in target frames.")
+@click.option("--frame-step", default=4, show_default=True, help="Encode every n-th target frame of a window.")
+@click.option("--batch-size", default=32, show_default=True, help="Frames per encoder call.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1...")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
+              show_default=True, help="auto: fp16 on CUDA, fp32 on CPU.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Dtype of the stored rows.")
+@click.option("--decode-workers", default=0, help="Decode threads (0: one per 4 CPU cores, at least 1).")
+@click.option("--shard", help="i/n: extract every n-th video from the i-th into STORE.shard-i-of-n.SUFFIX "
+                              "(RANK/WORLD_SIZE are used when started by torchrun).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]),
+              show_default=True)
+def videos_cmd(videos, list_file, store, model, pretrained, checkpoint, fps, num_frames, stride, frame_step,
+               batch_size, device, precision, dtype, decode_workers, shard, progress, log_level):
+    """Extract snippet features of VIDEOS (files and/or directories) into --store."""
+    from features.store import StoreError
+
+    _setup_logging(log_level)
+    if not videos and list_file is None:
+        raise click.UsageError("give video files/directories or --list FILE")
+    if batch_size < 1:
+        raise click.BadParameter(f"{batch_size} must be >= 1", param_hint="--batch-size")
+    grid = _grid(fps, num_frames, stride, frame_step)
+    try:
+        jobs = collect_videos(videos, list_file)
+        where = parse_shard(shard) if shard else shard_from_env()
+    except ExtractError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not jobs:
+        raise click.ClickException("no videos found in " + ", ".join(str(v) for v in videos or [list_file]))
+    if where is not None:
+        jobs = shard_jobs(jobs, *where)
+        store = shard_store_path(store, *where)
+        log.info("shard %d/%d: %d videos into %s", where[0], where[1], len(jobs), store)
+        if not jobs:  # more shards than videos: this one has nothing to do, which is not an error
+            click.echo(f"shard {where[0]}/{where[1]} has no videos; nothing to do")
+            sys.exit(0)
+    encoder = _load_encoder(model, pretrained, checkpoint, device, precision)
+    log.info("encoder %s (%s) on %s, %s, dim %d; grid %s", encoder.model_name, encoder.pretrained,
+             encoder.device, encoder.precision, encoder.dim, grid)
+    workers = decode_workers or max(1, (os.cpu_count() or 1) // 4)
+    options = ExtractOptions(grid=grid, batch_size=batch_size, dtype=dtype, decode_workers=workers)
+    try:
+        summary = extract_videos(jobs, store, encoder, options, progress=progress)
+    except (ExtractError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in summary.lines():
+        click.echo(line, err=bool(summary.failed) and line.startswith("  FAILED"))
+    click.echo(f"store: {store}")
+    if summary.failed:
+        click.echo(f"{len(summary.failed)} video(s) failed (recorded in the store's failure log); "
+                   f"exit status {EXIT_SOME_FAILED}", err=True)
+    sys.exit(summary.exit_code)
+
+
+def _read_classes(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"{path}: cannot read ({exc})", param_hint="--classes") from None
+    classes = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not classes:
+        raise click.BadParameter(f"{path}: no class names", param_hint="--classes")
+    seen = set()
+    for c in classes:
+        if c in seen:
+            raise click.BadParameter(f"{path}: class {c!r} listed twice", param_hint="--classes")
+        seen.add(c)
+    return classes
+
+
+def _same_encoder_as_store(store, prov: dict, model, pretrained, checkpoint):
+    """Fill --model/--pretrained from the store's provenance; refuse (before loading) any other encoder."""
+    made_by = f"{prov.get('encoder')}/{prov.get('pretrained')}"
+    model = model or prov.get("encoder")
+    stored = str(prov.get("pretrained", ""))
+    if pretrained is None:
+        pretrained = "none" if stored == "random" else stored
+    if stored.startswith("sha256:") and checkpoint is None:
+        raise click.ClickException(f"{store}: features were made from a checkpoint ({stored[:19]}...); "
+                                   f"pass the same file with --checkpoint FILE")
+    if prov.get("model_config_sha256") and not str(model).endswith(".json"):
+        raise click.ClickException(f"{store}: features were made by the custom architecture {made_by}; "
+                                   f"pass its config with --model FILE.json")
+    if (Path(model).stem if str(model).endswith(".json") else model) != prov.get("encoder"):
+        raise click.ClickException(f"{store}: features were made by {made_by}, not {model}; "
+                                   f"text embeddings must come from the same encoder")
+    if checkpoint is None and ("random" if pretrained.lower() in ("none", "random") else pretrained) != stored:
+        raise click.ClickException(f"{store}: features were made by {made_by}, not pretrained={pretrained}; "
+                                   f"text embeddings must come from the same encoder")
+    return model, pretrained
+
+
+@main.command("text")
+@click.option("--store", required=True, type=click.Path(path_type=Path), help="An existing feature store.")
+@click.option("--classes", "classes_file", required=True, type=click.Path(path_type=Path),
+              help="Class names, one a line.")
+@click.option("--name", required=True, help="Vocabulary name, e.g. thumos14.")
+@click.option("--template", default=None, help='Prompt with {} for the class name, e.g. "a video of a person {}."')
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="Weights file; needed when the store was made from a checkpoint.")
+@click.option("--model", default=None, help="Defaults to the store's encoder (a custom one needs its FILE.json); "
+                                          "any other is refused.")
+@click.option("--pretrained", default=None, help="Defaults to the store's; any other is refused.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]),
+              show_default=True)
+def text_cmd(store, classes_file, name, template, checkpoint, model, pretrained, device, log_level):
+    """Embed class names with the store's own encoder and cache them as vocabulary --name."""
+    from features.store import StoreError, open_store
+
+    _setup_logging(log_level)
+    if template is not None and template.count("{}") != 1:
+        raise click.BadParameter(f"{template!r} must contain {{}} exactly once", param_hint="--template")
+    classes = _read_classes(classes_file)
+    try:
+        with open_store(store) as fs:
+            prov = dict(fs.provenance)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    model, pretrained = _same_encoder_as_store(store, prov, model, pretrained, checkpoint)
+    encoder = _load_encoder(model, pretrained, checkpoint, device, "auto", seed=prov.get("init_seed"))
+    try:
+        embeddings = extract_vocabulary(store, encoder, name, classes, template)
+    except (ExtractError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"vocabulary {name!r}: {len(classes)} classes x {embeddings.shape[1]} dims "
+               f"({encoder.model_name}/{encoder.pretrained}) cached in {store}")
+
+
+if __name__ == "__main__":
+    main()
