@@ -1,0 +1,126 @@
+"""Checkpoints: atomic writes, `weights_only` loading, RNG states, and the store-compatibility check.
+
+A checkpoint holds only tensors and plain Python types so that ``torch.load(weights_only=True)`` opens it (no
+arbitrary unpickling of files someone sent you). It records the features it was trained on — encoder, weights,
+dimension and snippet grid — so using it on a store from another encoder or grid fails with a clear message
+instead of producing quiet nonsense.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "stovtal-checkpoint-1"
+# Provenance keys that must agree between a checkpoint and a store it is used on.
+COMPAT_KEYS = ("encoder", "pretrained", "dim", "fps", "window", "stride", "frame_step")
+
+
+class CheckpointError(ValueError):
+    """A one-line message naming the checkpoint (and store) at fault."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file beside ``path``, fsync, then os.replace: readers see the old or the new file, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or holding objects that weights_only refuses
+        raise CheckpointError(f"{path}: not a readable stovtal checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a stovtal checkpoint (format {state.get('format')!r})"
+                              if isinstance(state, dict) else f"{path}: not a stovtal checkpoint")
+    for key in ("config", "model", "provenance", "classes", "mode"):
+        if key not in state:
+            raise CheckpointError(f"{path}: checkpoint lacks the field {key!r}")
+    return state
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- provenance
+def store_provenance(store) -> dict:
+    """The part of a store's provenance that a model depends on, as plain types."""
+    prov = dict(store.provenance or {})
+    out = {"encoder": prov.get("encoder"), "pretrained": prov.get("pretrained"), "dim": int(store.dim)}
+    for key in ("fps", "window", "stride", "frame_step"):
+        value = prov.get(key)
+        out[key] = float(value) if key == "fps" and value is not None else value
+    return out
+
+
+def check_compatible(trained_on: dict, store, checkpoint_path="checkpoint") -> None:
+    """Refuse a store whose encoder, weights, dimension or grid differ from the checkpoint's."""
+    here = store_provenance(store)
+    diffs = [f"{k} {trained_on.get(k)!r} vs {here.get(k)!r}" for k in COMPAT_KEYS if trained_on.get(k) != here.get(k)]
+    if diffs:
+        raise CheckpointError(f"{checkpoint_path} was trained on other features than {store.path}: "
+                              + "; ".join(diffs) + " (checkpoint vs store)")
+
+
+def check_same_features(stores) -> dict:
+    """Stores mixed in one run must hold the same kind of features; returns their shared provenance."""
+    first = store_provenance(stores[0])
+    for store in stores[1:]:
+        check_compatible(first, store, checkpoint_path=f"features of {stores[0].path}")
+    return first
+
+
+# --------------------------------------------------------------------------------------------- RNG states
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,205 @@
+"""Inference from a feature store: detections in seconds per video, streamed.
+
+Closed-vocabulary models output their own classes. A class-agnostic model outputs label ``action``, or, given a
+vocabulary (class names + text embeddings), classifies its proposals open-vocabulary with the store's CLIP rows
+(``tal.model.ov``) before NMS. Models are evaluated with their EMA weights.
+
+Library entry point (used by evaluation during training and by self-training)::
+
+    for video_id, detections in iter_detections("test.zarr", "run/last.pt", video_ids=None):
+        ...  # detections: list[tal.eval.predictions.Detection], seconds, best first
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from tal.checkpoint import CheckpointError, check_compatible, load_checkpoint
+from tal.config import RunConfig
+from tal.data.collate import PadCollate
+from tal.data.dataset import FeatureDataset, StoreSet, inference_records
+from tal.eval.predictions import Detection
+from tal.model import build_model
+from tal.model.ov import OVConfig, classify_proposals
+
+log = logging.getLogger(__name__)
+
+AGNOSTIC_LABEL = "action"
+
+
+class InferenceError(ValueError):
+    """A one-line message naming the checkpoint, store, vocabulary or class at fault."""
+
+
+@dataclass
+class Localizer:
+    """A model ready for inference and what it needs to interpret its outputs."""
+
+    model: torch.nn.Module
+    config: RunConfig
+    mode: str  # closed | agnostic
+    classes: list[str]  # closed: output label names; agnostic: ["action"]
+    provenance: dict  # features it was trained on (tal.checkpoint.store_provenance)
+    source: str = "model"  # checkpoint path, for messages
+
+    @classmethod
+    def from_checkpoint(cls, path, weights: str = "ema") -> "Localizer":
+        state = load_checkpoint(path)
+        try:
+            cfg = RunConfig.from_dict(state["config"], source=str(path))
+            model = build_model(cfg.model)
+            key = weights if weights in state and state[weights] is not None else "model"
+            model.load_state_dict(state[key])
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise CheckpointError(f"{path}: cannot rebuild the model ({str(e).splitlines()[0]})") from None
+        return cls(model.eval(), cfg, state["mode"], list(state["classes"]), dict(state["provenance"]), str(path))
+
+
+@dataclass
+class TextVocabulary:
+    """Class names and their L2-normalised text embeddings [K, D], e.g. a store vocabulary restricted to a split."""
+
+    classes: list[str]
+    embeddings: np.ndarray
+
+    def restrict(self, names, where: str = "vocabulary") -> "TextVocabulary":
+        index = {c: i for i, c in enumerate(self.classes)}
+        missing = [n for n in names if n not in index]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise InferenceError(f"{where}: class(es) not in the vocabulary: {shown}")
+        rows = [index[n] for n in names]
+        return TextVocabulary(list(names), self.embeddings[rows])
+
+
+def _as_paths(stores) -> list[Path]:
+    if isinstance(stores, (str, Path)) or hasattr(stores, "path"):
+        stores = [stores]
+    return [Path(s.path if hasattr(s, "path") else s) for s in stores]
+
+
+def _detections(segments, scores, labels, names, grid, duration) -> list[Detection]:
+    """Grid units -> seconds (clamped to the video); segments empty after clamping are dropped."""
+    secs = grid.to_seconds(segments.double().cpu().numpy().reshape(-1, 2))
+    scores, labels = scores.float().cpu().numpy(), labels.cpu().numpy()
+    return [Detection(names[int(c)], float(s), float(a), float(b))
+            for (a, b), s, c in zip(secs, scores, labels) if b > a]
+
+
+def iter_detections(stores, localizer, video_ids=None, *, vocabulary: TextVocabulary | None = None,
+                    ov_config: OVConfig | None = None, batch_size: int = 1, num_workers: int = 0,
+                    device=None, skip_missing: bool = False, check_store: bool = True,
+                    durations: dict | None = None) -> "DetectionStream":
+    """Yield ``(video_id, detections)`` for each video, in order, reading rows lazily.
+
+    ``stores``: a path or paths (or opened stores); ``localizer``: a :class:`Localizer` or a checkpoint path;
+    ``video_ids``: default every video of the stores; ``vocabulary``: for agnostic models, classify
+    open-vocabulary (``ov_config`` sets the score fusion and NMS); ``durations``: fallback durations in seconds
+    for videos whose store entry has none. Checkpoint, stores and videos are checked before this returns.
+    """
+    if not isinstance(localizer, Localizer):
+        localizer = Localizer.from_checkpoint(localizer)
+    if vocabulary is not None and localizer.mode != "agnostic":
+        raise InferenceError(f"{localizer.source}: open-vocabulary classification needs an agnostic model "
+                             f"(this one is closed over {len(localizer.classes)} classes)")
+    paths = _as_paths(stores)
+    store_set = StoreSet(paths)
+    try:
+        if check_store:
+            for i in range(len(store_set)):
+                check_compatible(localizer.provenance, store_set[i], localizer.source)
+        records = inference_records(store_set, video_ids, skip_missing=skip_missing, durations=durations)
+    finally:
+        store_set.close()
+    device = torch.device(device) if device is not None else next(localizer.model.parameters()).device
+    return DetectionStream(_stream(localizer, paths, records, vocabulary, ov_config, batch_size, num_workers, device),
+                           len(records))
+
+
+class DetectionStream:
+    """An iterator of ``(video_id, detections)`` that knows how many videos it will yield (for progress bars)."""
+
+    def __init__(self, generator, length: int):
+        self._generator, self._length = generator, length
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._generator)
+
+    def __len__(self):
+        return self._length
+
+
+@torch.no_grad()
+def _stream(localizer, paths, records, vocabulary, ov_config, batch_size, num_workers, device):
+    cfg = localizer.config
+    model = localizer.model.to(device).eval()
+    dataset = FeatureDataset(paths, records, training=False, max_seq_len=cfg.max_seq_len,
+                             resize_len=cfg.data.resize_len)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=PadCollate(cfg.model.max_stride))
+    text = None if vocabulary is None else torch.as_tensor(vocabulary.embeddings, dtype=torch.float32, device=device)
+    ov_cfg = ov_config or OVConfig(max_seg_num=cfg.model.max_seg_num)
+    names = localizer.classes if localizer.mode == "closed" else [AGNOSTIC_LABEL]
+    try:
+        for batch in loader:
+            feats, masks = batch["feats"].to(device), batch["masks"].to(device)
+            out = model(feats, masks)
+            if text is None:
+                for b, det in enumerate(model.predict(out)):
+                    yield batch["video_id"][b], _detections(det["segments"], det["scores"], det["labels"], names,
+                                                            batch["grid"][b], batch["duration"][b])
+            else:
+                for b, prop in enumerate(model.proposals(out)):
+                    rows = feats[b, :, : int(batch["lengths"][b])].T
+                    segs, scores, labels = classify_proposals(rows, prop["segments"], prop["scores"], text, ov_cfg)
+                    yield batch["video_id"][b], _detections(segs, scores, labels, vocabulary.classes,
+                                                            batch["grid"][b], batch["duration"][b])
+    finally:
+        dataset.stores.close()
+
+
+def store_vocabulary(store_path, name: str | None) -> TextVocabulary:
+    """A vocabulary saved in the store (``name`` may be omitted when the store holds exactly one)."""
+    from features.store import open_store
+
+    with open_store(store_path, "r") as store:
+        names = store.vocabulary_names()
+        if name is None:
+            if len(names) != 1:
+                raise InferenceError(f"{store_path}: choose a vocabulary with --vocab "
+                                     f"(store holds {', '.join(names) if names else 'none'})")
+            name = names[0]
+        if name not in names:
+            raise InferenceError(f"{store_path}: no vocabulary {name!r} (store holds "
+                                 f"{', '.join(names) if names else 'none'})")
+        vocab = store.vocabulary(name)
+        return TextVocabulary(list(vocab.classes), np.asarray(vocab.embeddings, dtype=np.float32))
+
+
+def embed_class_names(store_path, names: list[str], template: str | None = None) -> TextVocabulary:
+    """Embed class names with the store's own text encoder; a clear error when it cannot be loaded here."""
+    from features.store import open_store
+
+    with open_store(store_path, "r") as store:
+        prov = dict(store.provenance or {})
+    encoder, pretrained = prov.get("encoder"), prov.get("pretrained")
+    if encoder in (None, "external", "simulated") or str(pretrained).startswith("sha256:"):
+        raise InferenceError(f"{store_path}: cannot embed new class names: its encoder ({encoder}, {pretrained}) "
+                             "is not available here; add them to a store vocabulary instead")
+    from features.encoders import EncoderError, load_encoder
+
+    try:
+        enc = load_encoder(encoder, pretrained, device="cpu")
+    except EncoderError as e:
+        raise InferenceError(f"{store_path}: cannot embed new class names: {e}") from None
+    texts = [template.format(n) if template else n for n in names]
+    return TextVocabulary(list(names), enc.encode_texts(texts))
