@@ -1,9 +1,15 @@
 """Shared test fixtures: where the real data lives (never a run-time dependency of the product)."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
+
+# The tests run many small models, some beside subprocesses, on 2 cores: OpenMP's spinning worker threads
+# would oversubscribe them (tens of times slower). Set before any test module imports torch; inherited by
+# the subprocesses the tests start.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_FEATURES = SHARED_DATA / "real-features"
