@@ -1,0 +1,101 @@
+"""tal-selftrain: stage 1 → pseudo-labels → stage 2 (→ more rounds), evaluated per stage; resumable.
+
+    tal-selftrain --labeled-features curated_train.zarr --labeled-annotations curated_train.json \\
+        --unlabeled-features web_unlabeled.zarr --split split.json --out st \\
+        --test-features curated_test.zarr --test-annotations curated_test.json \\
+        --cross-features web_test.zarr --cross-annotations web_test.json --vocab sim
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from tal.config import PRESETS
+
+
+def _errors():
+    from features.store import StoreError
+    from tal.cli.train import user_errors
+    from tal.infer import InferenceError
+    from tal.pseudo import PseudoLabelError
+    from tal.selftrain import SelfTrainError
+
+    return user_errors() + (StoreError, InferenceError, PseudoLabelError, SelfTrainError)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--labeled-features", multiple=True, required=True, type=click.Path(exists=True),
+              help="Store(s) of the human-labelled videos.")
+@click.option("--labeled-annotations", multiple=True, required=True, type=click.Path(exists=True),
+              help="Human annotation file(s) (any format tal-eval reads).")
+@click.option("--unlabeled-features", required=True, type=click.Path(exists=True),
+              help="Store of the unlabelled (web) videos to pseudo-label.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (resumed if it exists).")
+@click.option("--rounds", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Pseudo-label/retrain rounds: 1 = stage 1 + stage 2.")
+@click.option("--threshold", default=0.05, show_default=True, type=click.FloatRange(0, 1),
+              help="Pseudo-label score threshold τ.")
+@click.option("--top-k", default=None, type=click.IntRange(min=1), help="At most K pseudo-labels per video.")
+@click.option("--dedup-iou", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--min-duration", default=0.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--split", default=None, help="Base/novel split (spec or file): stages train on its base classes.")
+@click.option("--classes", type=click.Choice(["base", "all"]), default="base", show_default=True,
+              help="With --split: human labels of the base classes only (OV setting) or all.")
+@click.option("--subset", default="training", show_default=True, help="Subset of the human annotations to train on.")
+@click.option("--preset", default="small", show_default=True, help=f"{', '.join(PRESETS)} or a YAML file.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="tal-train config override (repeatable).")
+@click.option("--stage2-set", "later_overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override for stages >= 2 only, e.g. --stage2-set train.epochs=4 (repeatable).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--init", type=click.Choice(["ema", "finetune", "none"]), default="ema", show_default=True,
+              help="Stage >= 2 starts with: EMA from the previous stage (student fresh), fine-tuning, or nothing.")
+@click.option("--pseudo-ratio", type=click.FloatRange(0, 1), default=None, help="Share of pseudo-labelled clips.")
+@click.option("--pseudo-weight", type=click.Choice(["score", "1"]), default=None)
+@click.option("--test-features", type=click.Path(exists=True), default=None,
+              help="In-domain test store: novel-only and generalized protocols.")
+@click.option("--test-annotations", type=click.Path(exists=True), default=None)
+@click.option("--cross-features", type=click.Path(exists=True), default=None,
+              help="Other-domain test store: cross-domain protocol.")
+@click.option("--cross-annotations", type=click.Path(exists=True), default=None)
+@click.option("--test-subset", default=None, help="Annotation subset to score (default: every video in the store).")
+@click.option("--vocab", default=None, help="Vocabulary (class-name embeddings) of the test stores.")
+@click.option("--simulated", is_flag=True, help="Label every output as simulated data.")
+@click.option("--no-progress", is_flag=True)
+def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds, threshold, top_k, dedup_iou,
+         min_duration, split, classes, subset, preset, overrides, later_overrides, seed, init, pseudo_ratio,
+         pseudo_weight, test_features, test_annotations, cross_features, cross_annotations, test_subset, vocab,
+         simulated, no_progress):
+    """Self-train a class-agnostic localizer on labelled + pseudo-labelled videos; prints the stage table."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tal.pseudo import FilterConfig, PseudoLabelError
+    from tal.selftrain import EvalSet, SelfTrainConfig, format_table, run_selftrain
+
+    tests = []
+    for feats, ann, cross, flag in ((test_features, test_annotations, False, "--test"),
+                                    (cross_features, cross_annotations, True, "--cross")):
+        if (feats is None) != (ann is None):
+            raise click.BadParameter(f"{flag}-features and {flag}-annotations go together")
+        if feats:
+            tests.append(EvalSet(feats, ann, cross_domain=cross, subset=test_subset))
+    try:
+        filt = FilterConfig(threshold=threshold, top_k=top_k, dedup_iou=None if dedup_iou >= 1 else dedup_iou,
+                            min_duration=min_duration)
+    except PseudoLabelError as e:
+        raise click.BadParameter(str(e)) from None
+    cfg = SelfTrainConfig(list(labeled_features), list(labeled_annotations), unlabeled_features, rounds=rounds,
+                          filter=filt, split=split, classes=classes, subset=subset, preset=preset,
+                          overrides=list(overrides), later_overrides=list(later_overrides), seed=seed, init=init,
+                          pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, tests=tests, vocab=vocab,
+                          simulated=simulated)
+    try:
+        report = run_selftrain(cfg, out, progress=not no_progress)
+    except _errors() as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(format_table(report))
+    click.echo(f"{out}/report.json")
+
+
+if __name__ == "__main__":
+    main()

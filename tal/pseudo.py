@@ -1,0 +1,474 @@
+"""Pseudo-labels for unlabelled videos: filtering of agnostic proposals and a streaming, resumable writer.
+
+Pipeline per video (seconds throughout): clip every proposal to ``[0, duration]`` → drop empty or too-short
+segments → remove duplicates (greedy by score, tIoU ≥ ``dedup_iou``) → keep score ≥ τ → optional top-k.
+If the threshold keeps nothing, the single best surviving proposal is kept (the seed paper keeps at least the
+top-1 proposal per web video, so every unlabelled video contributes a positive).
+
+Writing is streamed so memory stays flat in the number of videos: each shard appends one JSON line per video
+to ``<out>.parts/shard-I-of-N.jsonl`` (flushed per line) and marks itself finished with an atomically written
+``.done.json``. A rerun skips finished shards and, inside an unfinished shard, the videos already written
+(a torn last line from a kill is cut off). :func:`merge_parts` assembles the parts, again streaming, into one
+official-format annotation file written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PSEUDO_LABEL = "action"
+PSEUDO_SUBSET = "training"
+
+
+class PseudoLabelError(ValueError):
+    """A one-line message naming the file, shard or video at fault."""
+
+
+# --------------------------------------------------------------------------------------------- filtering
+@dataclass(frozen=True)
+class FilterConfig:
+    threshold: float = 0.05
+    top_k: int | None = None
+    dedup_iou: float | None = 0.5  # None or >= 1 disables duplicate removal
+    min_duration: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.threshold <= 1.0:
+            raise PseudoLabelError(f"threshold must lie in [0, 1], got {self.threshold}")
+        if self.top_k is not None and self.top_k < 1:
+            raise PseudoLabelError(f"top_k must be >= 1, got {self.top_k}")
+        if self.dedup_iou is not None and not 0.0 < self.dedup_iou <= 1.0:
+            raise PseudoLabelError(f"dedup_iou must lie in (0, 1], got {self.dedup_iou}")
+        if self.min_duration < 0:
+            raise PseudoLabelError(f"min_duration must be >= 0, got {self.min_duration}")
+
+
+@dataclass
+class FilterResult:
+    segments: np.ndarray  # [K, 2] float64 seconds, sorted by descending score
+    scores: np.ndarray  # [K] float64
+    fell_back: bool  # True when the threshold kept nothing and the top-1 was kept instead
+
+
+def _pairwise_tiou(segments: np.ndarray) -> np.ndarray:
+    start, end = segments[:, 0], segments[:, 1]
+    inter = np.clip(np.minimum(end[:, None], end[None, :]) - np.maximum(start[:, None], start[None, :]), 0, None)
+    union = (end - start)[:, None] + (end - start)[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _dedup_mask(segments: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy: walk segments in score order, drop any with tIoU >= iou against an already kept one."""
+    tiou = _pairwise_tiou(segments)
+    keep = np.ones(len(segments), dtype=bool)
+    for i in range(len(segments)):
+        if keep[i]:
+            later = np.arange(i + 1, len(segments))
+            keep[later[tiou[i, i + 1 :] >= iou]] = False
+    return keep
+
+
+def filter_proposals(segments, scores, duration: float, cfg: FilterConfig) -> FilterResult:
+    """Turn one video's agnostic proposals (seconds) into pseudo-labels; see the module docstring."""
+    segments = np.asarray(segments, dtype=np.float64).reshape(-1, 2)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(segments) != len(scores):
+        raise PseudoLabelError(f"{len(segments)} segments but {len(scores)} scores")
+    finite = np.isfinite(segments).all(axis=1) & np.isfinite(scores)
+    segments, scores = segments[finite], scores[finite]
+    segments = np.clip(segments, 0.0, max(float(duration), 0.0))
+    long_enough = (segments[:, 1] - segments[:, 0]) > max(cfg.min_duration, 0.0) - 1e-9
+    long_enough &= segments[:, 1] > segments[:, 0]
+    segments, scores = segments[long_enough], scores[long_enough]
+    order = np.argsort(-scores, kind="stable")
+    segments, scores = segments[order], scores[order]
+    if cfg.dedup_iou is not None and cfg.dedup_iou < 1.0 and len(segments) > 1:
+        keep = _dedup_mask(segments, cfg.dedup_iou)
+        segments, scores = segments[keep], scores[keep]
+    kept = scores >= cfg.threshold
+    fell_back = bool(len(scores) > 0 and not kept.any())
+    if fell_back:
+        kept[0] = True
+    segments, scores = segments[kept], scores[kept]
+    if cfg.top_k is not None:
+        segments, scores = segments[: cfg.top_k], scores[: cfg.top_k]
+    return FilterResult(segments, scores, fell_back)
+
+
+# --------------------------------------------------------------------------------------------- sharding
+def parse_shard(spec: str) -> tuple[int, int]:
+    """'i/n' → (i, n) with 0 <= i < n."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec or "")
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise PseudoLabelError(f"--shard must look like i/n with 0 <= i < n, got {spec!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_ids(video_ids: list[str], index: int, count: int) -> list[str]:
+    """Interleaved shards: balanced even when long videos cluster in store order."""
+    return video_ids[index::count]
+
+
+def parts_dir_for(out: Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".parts")
+
+
+def _part_name(index: int, count: int) -> str:
+    return f"shard-{index:05d}-of-{count:05d}"
+
+
+# --------------------------------------------------------------------------------------------- atomic io
+def atomic_write_json(path: Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- shard writer
+@dataclass
+class ShardStats:
+    videos: int = 0
+    segments: int = 0
+    fallback_videos: int = 0
+    empty_videos: int = 0
+
+    def add(self, n_segments: int, fell_back: bool) -> None:
+        self.videos += 1
+        self.segments += n_segments
+        self.fallback_videos += int(fell_back)
+        self.empty_videos += int(n_segments == 0)
+
+    def merge(self, other: "ShardStats") -> None:
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+
+
+def _video_record(video_id: str, duration: float, fps, result: FilterResult) -> dict:
+    fps = None if fps is None or not np.isfinite(fps) else float(fps)
+    return {
+        "video_id": video_id,
+        "duration": float(duration),
+        "fps": fps,
+        "fell_back": result.fell_back,
+        # [start, end, score] rounded (0.1 ms is far below any snippet grid; keeps parts compact), and the end
+        # clipped again after rounding so that no segment runs past the video.
+        "segments": [[round(float(s), 4), min(round(float(e), 4), float(duration)), round(float(c), 6)]
+                     for (s, e), c in zip(result.segments, result.scores)],
+    }
+
+
+class ShardWriter:
+    """Appends one JSON line per video to a shard's part file; resumable after a kill.
+
+    Use ``pending(ids)`` to get the ids still to do (validated against what is already written), ``write``
+    for each, then ``finish()``. ``done`` tells whether the shard was already finished.
+    """
+
+    def __init__(self, parts_dir: Path, index: int, count: int, run_meta: dict):
+        self.parts_dir = Path(parts_dir)
+        self.index, self.count = index, count
+        self.part_path = self.parts_dir / f"{_part_name(index, count)}.jsonl"
+        self.done_path = self.parts_dir / f"{_part_name(index, count)}.done.json"
+        self.stats = ShardStats()
+        self._file = None
+        self._check_run_meta(run_meta)
+
+    def _check_run_meta(self, run_meta: dict) -> None:
+        """Parts made with other settings must never be mixed into this run."""
+        meta_path = self.parts_dir / "run.json"
+        wanted = dict(run_meta, shards=self.count)
+        if meta_path.exists():
+            found = json.loads(meta_path.read_text())
+            if found != wanted:
+                diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+                raise PseudoLabelError(
+                    f"{self.parts_dir}: existing parts were made with different settings ({', '.join(diff)}); "
+                    "delete that folder or choose another --out")
+        else:
+            atomic_write_json(meta_path, wanted)
+
+    @property
+    def done(self) -> bool:
+        return self.done_path.exists()
+
+    def pending(self, ids: list[str]) -> list[str]:
+        """Ids not yet written; truncates a torn trailing line and checks written ids match ``ids``' prefix."""
+        if self.done:
+            counts = json.loads(self.done_path.read_text())
+            self.stats = ShardStats(**{k: counts[k] for k in asdict(ShardStats())})
+            return []
+        written = 0
+        good_bytes = 0
+        if self.part_path.exists():
+            with open(self.part_path, "rb") as f:
+                for raw in f:
+                    if not raw.endswith(b"\n"):
+                        break  # torn write from a kill: drop it
+                    try:
+                        rec = json.loads(raw)
+                    except json.JSONDecodeError:
+                        break
+                    if written >= len(ids) or rec.get("video_id") != ids[written]:
+                        raise PseudoLabelError(
+                            f"{self.part_path}: line {written + 1} holds video {rec.get('video_id')!r} but the store "
+                            f"now lists {ids[written] if written < len(ids) else 'no more videos'!r} there; "
+                            "the store changed since this run started — delete the parts folder")
+                    self.stats.add(len(rec["segments"]), rec["fell_back"])
+                    written += 1
+                    good_bytes += len(raw)
+            with open(self.part_path, "r+b") as f:
+                f.truncate(good_bytes)
+        if written:
+            log.info("%s: resuming after %d finished videos", self.part_path.name, written)
+        return ids[written:]
+
+    def write(self, video_id: str, duration: float, fps, result: FilterResult) -> None:
+        if self._file is None:
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.part_path, "a")
+        self._file.write(json.dumps(_video_record(video_id, duration, fps, result), separators=(",", ":")) + "\n")
+        self._file.flush()  # a killed process loses at most the line being written
+        self.stats.add(len(result.segments), result.fell_back)
+
+    def finish(self) -> ShardStats:
+        self.close()
+        self.part_path.parent.mkdir(parents=True, exist_ok=True)
+        self.part_path.touch()  # an empty shard still has a (empty) part
+        atomic_write_json(self.done_path, {"shard": self.index, "shards": self.count, **asdict(self.stats)})
+        return self.stats
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+# --------------------------------------------------------------------------------------------- merge
+def _discover_parts(sources: Iterable[Path]) -> list[Path]:
+    parts: list[Path] = []
+    for src in map(Path, sources):
+        if not src.exists():
+            raise PseudoLabelError(f"{src}: no such parts folder or part file (run tal-pseudo first)")
+        if src.is_dir():
+            parts.extend(sorted(src.glob("shard-*-of-*.jsonl")))
+        elif src.suffix == ".jsonl" and src.exists():
+            parts.append(src)
+        else:
+            raise PseudoLabelError(f"{src}: not a parts folder or a shard-*.jsonl part file")
+    return parts
+
+
+def _iter_records(part: Path) -> Iterator[dict]:
+    with open(part) as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PseudoLabelError(f"{part}:{lineno}: unreadable pseudo-label line ({e.msg})") from None
+
+
+def merge_parts(out: Path, sources: Iterable[Path] | None = None, extra_provenance: dict | None = None) -> ShardStats:
+    """Join finished shard parts into one official-format annotation file at ``out`` (streamed, atomic).
+
+    ``sources``: parts folders and/or part files; default ``<out>.parts``. Every shard 0..n-1 of one run must
+    be present and finished, and all must share the same settings.
+    """
+    out = Path(out)
+    sources = list(sources) if sources else [parts_dir_for(out)]
+    parts = _discover_parts(sources)
+    if not parts:
+        raise PseudoLabelError(f"no shard parts found in {', '.join(map(str, sources))}")
+    metas, shards, count = [], set(), None
+    for part in parts:
+        m = re.fullmatch(r"shard-(\d+)-of-(\d+)\.jsonl", part.name)
+        if not m:
+            raise PseudoLabelError(f"{part}: part files must be named shard-I-of-N.jsonl")
+        i, n = int(m.group(1)), int(m.group(2))
+        if count is not None and n != count:
+            raise PseudoLabelError(f"{part}: from a {n}-shard run, but other parts come from a {count}-shard run")
+        count = n
+        if i in shards:
+            raise PseudoLabelError(f"{part}: shard {i}/{n} given twice")
+        shards.add(i)
+        if not part.with_name(f"{_part_name(i, n)}.done.json").exists():
+            raise PseudoLabelError(f"{part}: shard {i}/{n} is not finished; rerun tal-pseudo --shard {i}/{n}")
+        meta_path = part.parent / "run.json"
+        if not meta_path.exists():
+            raise PseudoLabelError(f"{meta_path}: missing run settings for {part.name}")
+        metas.append(json.loads(meta_path.read_text()))
+    missing = sorted(set(range(count)) - shards)
+    if missing:
+        raise PseudoLabelError(f"shards {missing} of {count} are missing from {', '.join(map(str, sources))}")
+    if any(m != metas[0] for m in metas[1:]):
+        raise PseudoLabelError("the parts were made with different settings (checkpoint, threshold or store)")
+    parts.sort(key=lambda p: int(p.name.split("-")[1]))
+
+    # Shards are disjoint slices of one store listing (same settings, distinct indices), so no id set is
+    # kept here: merge memory stays flat in the number of videos too.
+    stats = ShardStats()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            # Same layout as tal.data.annotations.write_official, written piecewise.
+            f.write('{"version": "stovtal", "taxonomy": [{"nodeName": "%s"}], "database": {' % PSEUDO_LABEL)
+            first = True
+            for part in parts:
+                for rec in _iter_records(part):
+                    vid = rec["video_id"]
+                    entry = {"subset": PSEUDO_SUBSET, "duration": rec["duration"]}
+                    if rec.get("fps") is not None:
+                        entry["fps"] = rec["fps"]
+                    entry["annotations"] = [{"segment": [s, e], "label": PSEUDO_LABEL, "score": c, "pseudo": True}
+                                            for s, e, c in rec["segments"]]
+                    f.write(("" if first else ",") + "\n" + json.dumps(vid) + ": " + json.dumps(entry))
+                    first = False
+                    stats.add(len(rec["segments"]), rec["fell_back"])
+            provenance = dict(metas[0], **(extra_provenance or {}))
+            provenance.update(videos=stats.videos, segments=stats.segments,
+                              fallback_videos=stats.fallback_videos, empty_videos=stats.empty_videos)
+            f.write("\n}, \"provenance\": " + json.dumps(provenance, sort_keys=True) + "}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("wrote %s: %d videos, %d pseudo-labels (%d videos fell back to top-1)",
+             out, stats.videos, stats.segments, stats.fallback_videos)
+    return stats
+
+
+# --------------------------------------------------------------------------------------------- generation
+CHUNK_VIDEOS = 256  # inference is driven in chunks so per-video bookkeeping never spans the whole store
+
+
+def _duration(info) -> float:
+    """The store's duration, or the grid's extent when the store does not know it."""
+    if np.isfinite(info.duration) and info.duration > 0:
+        return float(info.duration)
+    g = info.grid
+    return float(((info.num_rows - 1) * g.stride + g.window) / g.fps)
+
+
+def pseudo_label_store(store, checkpoint, out, cfg: FilterConfig, *, shard: tuple[int, int] = (0, 1),
+                       batch_size: int = 8, num_workers: int = 0, device=None, progress: bool = True,
+                       merge: bool | None = None) -> ShardStats:
+    """Pseudo-label every video of ``store`` (one shard of it) with an agnostic ``checkpoint``'s EMA weights.
+
+    Writes ``<out>.parts/``; when this is the only shard (or ``merge=True``), also assembles ``out``.
+    Returns this shard's counts. Errors (bad checkpoint, mismatching or empty store) raise one-line
+    ``PseudoLabelError``/``CheckpointError``/``StoreError`` messages.
+    """
+    from tqdm import tqdm
+
+    from features.store import open_store
+    from tal.checkpoint import check_compatible
+    from tal.infer import Localizer, iter_detections
+
+    store, checkpoint, out = Path(store), Path(checkpoint), Path(out)
+    index, count = shard
+    localizer = Localizer.from_checkpoint(checkpoint, weights="ema")
+    if localizer.mode != "agnostic":
+        raise PseudoLabelError(f"{checkpoint}: pseudo-labels need a class-agnostic localizer "
+                               f"(this one is closed over {len(localizer.classes)} classes)")
+    with open_store(store, "r") as st:
+        ids = st.video_ids()
+        if not ids:
+            raise PseudoLabelError(f"{store}: the unlabelled store holds no videos")
+        check_compatible(localizer.provenance, st, checkpoint)
+        encoder = {k: st.provenance.get(k) for k in ("encoder", "pretrained", "dim")}
+    mcfg = localizer.config.model
+    run_meta = {
+        "kind": "pseudo-labels", "label": PSEUDO_LABEL,
+        "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": file_sha256(checkpoint), "weights": "ema",
+        "store": str(store.resolve()), "store_encoder": encoder,
+        "threshold": cfg.threshold, "top_k": cfg.top_k, "dedup_iou": cfg.dedup_iou, "min_duration": cfg.min_duration,
+        "nms": mcfg.nms_method, "max_proposals": mcfg.max_seg_num,
+    }
+    writer = ShardWriter(parts_dir_for(out), index, count, run_meta)
+    mine = shard_ids(ids, index, count)
+    del ids
+    todo = writer.pending(mine)
+    log.info("shard %d/%d of %s: %d videos, %d to do", index, count, store, len(mine), len(todo))
+    try:
+        with open_store(store, "r") as st, tqdm(total=len(mine), initial=len(mine) - len(todo), unit="video",
+                                                desc=f"pseudo-labels {index}/{count}", disable=not progress) as bar:
+            for lo in range(0, len(todo), CHUNK_VIDEOS):
+                chunk = todo[lo: lo + CHUNK_VIDEOS]
+                for vid, dets in iter_detections(store, localizer, chunk, batch_size=batch_size,
+                                                 num_workers=num_workers, device=device, check_store=False):
+                    info = st.info(vid)
+                    duration = _duration(info)
+                    segs = np.array([[d.start, d.end] for d in dets], dtype=np.float64).reshape(-1, 2)
+                    scores = np.array([d.score for d in dets], dtype=np.float64)
+                    writer.write(vid, duration, info.fps, filter_proposals(segs, scores, duration, cfg))
+                    bar.update(1)
+        stats = writer.finish()
+    finally:
+        writer.close()
+    if stats.fallback_videos:
+        log.warning("threshold %.3g kept no proposal in %d of %d videos of shard %d/%d; kept their top-1 instead%s",
+                    cfg.threshold, stats.fallback_videos, stats.videos, index, count,
+                    " — every video fell back: the threshold is above all scores"
+                    if stats.fallback_videos == stats.videos else "")
+    if merge or (merge is None and count == 1):
+        merge_parts(out)
+    return stats
+
+
+def refilter(src, out, cfg: FilterConfig, provenance: dict | None = None, limit: int | None = None) -> ShardStats:
+    """Filter an existing pseudo-label file again (e.g. a τ sweep without rerunning the model); ``limit``
+    keeps only the first videos of the file (a scaling curve over the number of unlabelled videos).
+
+    Exact when ``src`` was written with a threshold <= ``cfg.threshold``, no top-k and the same dedup and
+    minimum duration: filtering is then idempotent except for the stricter threshold.
+    """
+    from tal.data.annotations import AnnotationSet, Segment, load_annotations, write_official
+
+    aset = load_annotations(src)
+    stats = ShardStats()
+    videos = {}
+    for vid, video in list(aset.videos.items())[:limit]:
+        segs = np.array([[s.start, s.end] for s in video.segments], dtype=np.float64).reshape(-1, 2)
+        scores = np.array([s.score if s.score is not None else 1.0 for s in video.segments], dtype=np.float64)
+        result = filter_proposals(segs, scores, video.duration, cfg)
+        video.segments = [Segment(float(a), float(b), PSEUDO_LABEL, float(c), pseudo=True)
+                          for (a, b), c in zip(result.segments, result.scores)]
+        stats.add(len(video.segments), result.fell_back)
+        videos[vid] = video
+    prov = {k: v for k, v in aset.provenance.items() if k not in ("source", "format")}
+    prov.update(asdict(cfg), refiltered_from=str(src), videos=stats.videos, segments=stats.segments,
+                fallback_videos=stats.fallback_videos, empty_videos=stats.empty_videos, **(provenance or {}))
+    write_official(AnnotationSet(videos, prov), out)
+    return stats

@@ -1,0 +1,373 @@
+"""Self-training (Hyun et al., WACV 2025): stage 1 on human labels → pseudo-labels on unlabelled videos →
+stage 2 on labels + pseudo-labels (→ more rounds), with an evaluation of every stage when a test set is given.
+
+The run is a fixed list of steps (``stage1.train``, ``stage1.eval``, ``round1.pseudo``, ``stage2.train``, ...).
+Each step is idempotent and itself resumable (training continues from its last epoch checkpoint, pseudo-labels
+skip finished videos), and ``state.json`` records finished steps atomically. So a run killed at any point and
+started again with the same command finishes with the same result as an uninterrupted one.
+
+Layout of ``OUT``::
+
+    selftrain.json          the settings (a rerun with other settings is refused)
+    state.json              finished steps
+    stage1/                 tal-train run directory (last.pt, config.yaml, log.csv, loss_curve.png)
+    stage1/eval.json        protocol results of that stage (when test sets are given)
+    pseudo_round1.json      pseudo-labels written by stage 1 for stage 2 (+ .parts/ while being written)
+    stage2/ ...
+    report.json, report.txt, map_per_stage.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tal.pseudo import FilterConfig, atomic_write_json, pseudo_label_store
+
+log = logging.getLogger("tal.selftrain")
+
+STATE_NAME = "state.json"
+SETTINGS_NAME = "selftrain.json"
+SIMULATED_NOTE = "SIMULATED DATA (tal.sim): figures show the method's behaviour, not real-video accuracy"
+
+
+class SelfTrainError(ValueError):
+    """A one-line message naming the run directory, file or option at fault."""
+
+
+@dataclass
+class EvalSet:
+    """A held-out store + annotations. ``in_domain``: novel-only and generalized; else: cross-domain."""
+
+    features: str
+    annotations: str
+    cross_domain: bool = False
+    subset: str | None = None  # annotation subset to score (default: every video of the file in the store)
+
+
+@dataclass
+class SelfTrainConfig:
+    labeled_features: list[str]
+    labeled_annotations: list[str]
+    unlabeled_features: str
+    rounds: int = 1
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    split: str | None = None  # base/novel split; stage training uses its base classes (classes="base")
+    classes: str = "base"
+    subset: str | None = "training"  # subset of the human annotations to train on
+    preset: str = "small"
+    overrides: list[str] = field(default_factory=list)  # tal-train --set items, for every stage
+    later_overrides: list[str] = field(default_factory=list)  # and for stages >= 2 only (e.g. fewer epochs)
+    seed: int = 0
+    init: str = "ema"  # stage >= 2: "ema" (EMA from the previous stage, student fresh), "finetune", "none"
+    pseudo_ratio: float | None = None
+    pseudo_weight: str | None = None
+    tests: list[EvalSet] = field(default_factory=list)
+    vocab: str | None = None  # store vocabulary holding the split's class names (test stores)
+    tiou: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
+    simulated: bool = False  # label every output as simulated
+
+    def validate(self) -> None:
+        if self.rounds < 0:
+            raise SelfTrainError(f"--rounds must be >= 0, got {self.rounds}")
+        if self.init not in ("ema", "finetune", "none"):
+            raise SelfTrainError(f"init must be ema, finetune or none, got {self.init!r}")
+        if self.tests and (self.split is None or self.vocab is None):
+            raise SelfTrainError("evaluating a test set needs --split (base/novel classes) and --vocab")
+        if self.classes not in ("base", "all"):
+            raise SelfTrainError(f"classes must be base or all, got {self.classes!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["filter"] = asdict(self.filter)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SelfTrainConfig":
+        d = dict(d)
+        d["filter"] = FilterConfig(**d["filter"])
+        d["tests"] = [EvalSet(**t) for t in d.get("tests", [])]
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------- state
+class RunState:
+    """Finished steps of a run directory, persisted atomically after each step."""
+
+    def __init__(self, out: Path, cfg: SelfTrainConfig):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        settings, wanted = self.out / SETTINGS_NAME, _comparable(cfg.to_dict())
+        if settings.exists():
+            found = _comparable(json.loads(settings.read_text()))
+            if found != wanted:
+                diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+                raise SelfTrainError(f"{self.out} was started with other settings ({', '.join(diff)}); "
+                                     "rerun with the same options or choose another --out")
+        else:
+            atomic_write_json(settings, cfg.to_dict())
+        path = self.out / STATE_NAME
+        self.done: list[str] = json.loads(path.read_text())["done"] if path.exists() else []
+
+    def finished(self, step: str) -> bool:
+        return step in self.done
+
+    def mark(self, step: str) -> None:
+        self.done.append(step)
+        atomic_write_json(self.out / STATE_NAME, {"done": self.done})
+
+
+def _comparable(d: dict) -> dict:
+    # JSON round trip so that tuples/lists and ints/floats compare as they are stored.
+    return json.loads(json.dumps(d))
+
+
+# --------------------------------------------------------------------------------------------- steps
+def train_stage(cfg: SelfTrainConfig, run_dir: Path, pseudo: list[Path], init_from: Path | None,
+                 progress: bool) -> Path:
+    from tal.config import load_config
+    from tal.train import TrainInputs, train
+
+    sets = ["data.mode=agnostic", f"train.seed={cfg.seed}"]
+    if cfg.pseudo_ratio is not None:
+        sets.append(f"data.pseudo_ratio={cfg.pseudo_ratio}")
+    if cfg.pseudo_weight is not None:
+        sets.append(f"data.pseudo_weight={cfg.pseudo_weight}")
+    later = list(cfg.later_overrides) if pseudo else []
+    run_cfg = load_config(cfg.preset, list(cfg.overrides) + later + sets)
+    features = list(cfg.labeled_features) + ([cfg.unlabeled_features] if pseudo else [])
+    inputs = TrainInputs(features, list(cfg.labeled_annotations), [str(p) for p in pseudo], cfg.subset, cfg.split,
+                         cfg.classes if cfg.split else "all")
+    init = {}
+    if init_from is not None and cfg.init == "ema":
+        init["init_ema_from"] = init_from
+    elif init_from is not None and cfg.init == "finetune":
+        init["init_from"] = init_from
+    return train(run_cfg, inputs, run_dir, resume=True, progress=progress, **init)
+
+
+def evaluate_stage(checkpoint, cfg: SelfTrainConfig, progress: bool = False) -> dict:
+    """Protocol results of one checkpoint on every test set (open-vocabulary over its agnostic proposals)."""
+    from tal.data.annotations import load_annotations
+    from tal.eval.protocols import evaluate_protocol, load_split
+    from tal.infer import Localizer, iter_detections, store_vocabulary
+    from features.store import open_store
+
+    split = load_split(cfg.split)
+    localizer = Localizer.from_checkpoint(checkpoint)
+    results: dict = {}
+    for test in cfg.tests:
+        gt = load_annotations(test.annotations)
+        if test.subset:
+            gt = gt.subset(test.subset)
+        with open_store(test.features, "r") as store:
+            present = [v for v in gt.videos if v in store]
+        missing = len(gt.videos) - len(present)
+        if not present:
+            raise SelfTrainError(f"{test.annotations}: none of its videos is in {test.features}")
+        if missing:
+            log.warning("%s: %d annotated videos are not in %s; scoring the %d present", test.annotations, missing,
+                        test.features, len(present))
+        gt = gt.restrict_videos(present)
+        vocab = store_vocabulary(test.features, cfg.vocab)
+        runs = [("cross_domain", "generalized", split.all)] if test.cross_domain else \
+            [("novel_only", "novel", split.novel), ("generalized", "generalized", split.all)]
+        for key, mode, classes in runs:
+            preds = dict(iter_detections(test.features, localizer, present, batch_size=8,
+                                         vocabulary=vocab.restrict(classes, f"{test.features} vocabulary {cfg.vocab}")))
+            results[key] = evaluate_protocol(gt, preds, split, mode, cfg.tiou)
+            results[key]["features"] = str(test.features)
+    return results
+
+
+def summarize(results: dict) -> dict:
+    """The headline numbers of one stage: average mAP per protocol (and class group)."""
+    out = {}
+    if "novel_only" in results:
+        out["novel_only"] = results["novel_only"]["novel"]["average_mAP"]
+    if "generalized" in results:
+        out["generalized"] = {g: results["generalized"][g]["average_mAP"] for g in ("all", "base", "novel")}
+    if "cross_domain" in results:
+        out["cross_domain"] = results["cross_domain"]["all"]["average_mAP"]
+        out["cross_domain_groups"] = {g: results["cross_domain"][g]["average_mAP"] for g in ("all", "base", "novel")}
+    return out
+
+
+# --------------------------------------------------------------------------------------------- the run
+def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
+    """Run (or resume) every step; returns the report (also written to ``out/report.json``)."""
+    cfg.validate()
+    out = Path(out)
+    _check_inputs(cfg)
+    state = RunState(out, cfg)
+    ckpt = out / "stage1" / "last.pt"
+    stages: dict[str, dict] = {}
+    pseudo_counts: dict[str, dict] = {}
+    for stage in range(1, cfg.rounds + 2):
+        name = f"stage{stage}"
+        run_dir = out / name
+        pseudo = []
+        if stage > 1:
+            pl = out / f"pseudo_round{stage - 1}.json"
+            step = f"round{stage - 1}.pseudo"
+            if not state.finished(step):
+                log.info("%s: pseudo-labelling %s with %s", step, cfg.unlabeled_features, ckpt)
+                pseudo_label_store(cfg.unlabeled_features, ckpt, pl, cfg.filter, progress=progress)
+                state.mark(step)
+            pseudo_counts[step] = _pseudo_counts(pl)
+            pseudo = [pl]
+        step = f"{name}.train"
+        if not state.finished(step):
+            log.info("%s: training%s", step, f" on labels + {pseudo[0].name}" if pseudo else " on human labels")
+            train_stage(cfg, run_dir, pseudo, ckpt if stage > 1 else None, progress)
+            state.mark(step)
+        ckpt = run_dir / "last.pt"
+        if cfg.tests:
+            step = f"{name}.eval"
+            if not state.finished(step):
+                log.info("%s: evaluating %s", step, ckpt)
+                atomic_write_json(run_dir / "eval.json", evaluate_stage(ckpt, cfg, progress))
+                state.mark(step)
+            stages[name] = summarize(json.loads((run_dir / "eval.json").read_text()))
+        else:
+            stages[name] = {}
+    report = build_report(cfg, out, stages, pseudo_counts)
+    write_report(report, out)
+    return report
+
+
+def _check_inputs(cfg: SelfTrainConfig) -> None:
+    """Fail before hours of training on inputs that cannot work."""
+    from features.store import open_store
+
+    with open_store(cfg.unlabeled_features, "r") as store:
+        if len(store) == 0:
+            raise SelfTrainError(f"{cfg.unlabeled_features}: the unlabelled store holds no videos")
+    for path in list(cfg.labeled_features) + [t.features for t in cfg.tests]:
+        open_store(path, "r").close()
+
+
+def _pseudo_counts(path: Path) -> dict:
+    prov = _read_provenance(path)
+    return {k: prov.get(k) for k in ("videos", "segments", "fallback_videos", "empty_videos", "threshold")}
+
+
+def _read_provenance(path: Path) -> dict:
+    from tal.data.annotations import load_annotations
+
+    return dict(load_annotations(path).provenance)
+
+
+def _count_videos(paths) -> int:
+    from features.store import open_store
+
+    total = 0
+    for p in paths:
+        with open_store(p, "r") as store:
+            total += len(store)
+    return total
+
+
+def build_report(cfg: SelfTrainConfig, out: Path, stages: dict, pseudo_counts: dict) -> dict:
+    report = {
+        "simulated": cfg.simulated,
+        "seed": cfg.seed,
+        "rounds": cfg.rounds,
+        "threshold": cfg.filter.threshold,
+        "split": cfg.split,
+        "tiou_thresholds": list(cfg.tiou),
+        "counts": {"labeled_videos": _count_videos(cfg.labeled_features),
+                   "unlabeled_videos": _count_videos([cfg.unlabeled_features]),
+                   "pseudo_labels": {k: v["segments"] for k, v in pseudo_counts.items()},
+                   "pseudo_label_details": pseudo_counts,
+                   "test_videos": {str(t.features): _count_videos([t.features]) for t in cfg.tests}},
+        "out": str(out),
+        **stages,
+    }
+    if cfg.simulated:
+        report["note"] = SIMULATED_NOTE
+    return report
+
+
+# --------------------------------------------------------------------------------------------- report
+PROTOCOL_ROWS = [("novel-only", ("novel_only",)), ("generalized all", ("generalized", "all")),
+                 ("generalized base", ("generalized", "base")), ("generalized novel", ("generalized", "novel")),
+                 ("cross-domain (web)", ("cross_domain",))]
+
+
+def _lookup(stage: dict, keys) -> float:
+    value = stage
+    for k in keys:
+        if not isinstance(value, dict) or k not in value:
+            return float("nan")
+        value = value[k]
+    return float(value)
+
+
+def stage_names(report: dict) -> list[str]:
+    return sorted((k for k in report if k.startswith("stage") and k[5:].isdigit()), key=lambda k: int(k[5:]))
+
+
+def format_table(report: dict) -> str:
+    """Average mAP (%) per protocol (rows) and stage (columns), with the stage-2 minus stage-1 change."""
+    names = stage_names(report)
+    rows = [(label, [_lookup(report[n], keys) for n in names]) for label, keys in PROTOCOL_ROWS]
+    rows = [(label, vals) for label, vals in rows if not all(math.isnan(v) for v in vals)]
+    if not rows:
+        return "(no test set given: nothing evaluated)"
+    head = f"{'average mAP (%)':<22}" + "".join(f"{n:>10}" for n in names)
+    head += f"{'Δ 2-1':>9}" if len(names) > 1 else ""
+    lines = [head, "-" * len(head)]
+    for label, vals in rows:
+        line = f"{label:<22}" + "".join(f"{100 * v:>10.2f}" for v in vals)
+        if len(vals) > 1:
+            line += f"{100 * (vals[1] - vals[0]):>+9.2f}"
+        lines.append(line)
+    if report.get("simulated"):
+        lines.append(SIMULATED_NOTE)
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, path: Path) -> Path | None:
+    """Grouped bars: average mAP per protocol, one bar per stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = stage_names(report)
+    rows = [(label, [_lookup(report[n], keys) for n in names]) for label, keys in PROTOCOL_ROWS]
+    rows = [(label, vals) for label, vals in rows if not all(math.isnan(v) for v in vals)]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = np.arange(len(rows))
+    width = 0.8 / len(names)
+    for i, n in enumerate(names):
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, [100 * vals[i] for _, vals in rows], width, label=n)
+    ax.set_xticks(x, [label for label, _ in rows], rotation=15)
+    ax.set_ylabel("average mAP (%)")
+    title = f"Self-training: mAP per stage and protocol (seed {report.get('seed')})"
+    ax.set_title(title + ("\nSIMULATED DATA" if report.get("simulated") else ""))
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_report(report: dict, out: Path) -> None:
+    atomic_write_json(out / "report.json", report)
+    text = format_table(report) + "\n"
+    tmp = out / ".report.txt.tmp"
+    tmp.write_text(text)
+    tmp.replace(out / "report.txt")
+    if any(report[n] for n in stage_names(report)):
+        plot_report(report, out / "map_per_stage.png")

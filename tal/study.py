@@ -1,0 +1,294 @@
+"""`make study`: the self-training study on the SIMULATED benchmark (no time limit; reports its run time).
+
+    python -m tal.study --out study_out [--seeds 0,1,2] [--scale 0,250,1000,4000] [--taus 0.01,0.05,0.1,0.2,0.4]
+
+1. For each seed: the demo's setting (tal.sim preset ``small``) — stage 2 against stage 1 on novel mAP
+   (generalized and novel-only), base mAP and cross-domain mAP; mean ± std over the seeds.
+2. Scaling (first seed): novel mAP of stage 2 trained with the first N unlabelled web videos, N over
+   ``--scale`` (N = 0 is stage 1). Stage 1 and its pseudo-labels are shared; only stage 2 is retrained.
+3. τ sweep (first seed, ``--sweep-videos`` web videos): stage 2 with pseudo-labels filtered at each τ; the
+   model is run once at the smallest τ and the file re-filtered (exact, see ``tal.pseudo.refilter``).
+
+Stage 2 trains for the same number of iterations whatever N (the preset's epochs over labelled +
+``--budget-videos`` clips), so the scaling curve measures more data at fixed compute. Everything resumes.
+Writes ``study.json``, ``study.txt`` and ``study_*.png``; every figure is labelled SIMULATED.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from tal.pseudo import FilterConfig, atomic_write_json, pseudo_label_store, refilter
+from tal.selftrain import SIMULATED_NOTE, evaluate_stage, run_selftrain, summarize, train_stage
+
+log = logging.getLogger("tal.study")
+
+HEADLINES = [("novel (generalized)", ("generalized", "novel")), ("novel-only", ("novel_only",)),
+             ("base (generalized)", ("generalized", "base")), ("all (generalized)", ("generalized", "all")),
+             ("cross-domain (web)", ("cross_domain",))]
+
+
+def _get(summary: dict, keys) -> float:
+    v = summary
+    for k in keys:
+        v = v[k]
+    return float(v)
+
+
+def _epochs_for(cfg, n_pseudo: int, labelled: int, budget_videos: int) -> list[str]:
+    """Stage-2 overrides keeping its clip count at (labelled + budget_videos) × its configured epochs."""
+    from tal.config import load_config
+
+    run = load_config(cfg.preset, list(cfg.overrides) + list(cfg.later_overrides))
+    total = run.train.total_epochs * (labelled + budget_videos)
+    epochs = max(1, round(total / (labelled + n_pseudo)))
+    warm = min(run.train.warmup_epochs, max(0, epochs - 1))
+    return [f"train.epochs={epochs - warm}", f"train.warmup_epochs={warm}"]
+
+
+def pseudo_label_quality(pl_path, gt_path, tiou=(0.3, 0.4, 0.5, 0.6, 0.7)) -> dict:
+    """How good are the pseudo-labels? Scored as agnostic detections against the web videos' hidden truth
+    (the simulation knows it; a real run would not): average mAP, and recall / precision at tIoU 0.5."""
+    from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation, load_annotations
+    from tal.eval.detection import evaluate_detection
+    from tal.eval.predictions import Detection
+
+    gt = load_annotations(gt_path)
+    pl = load_annotations(pl_path)
+    agnostic = AnnotationSet({vid: VideoAnnotation(vid, v.subset, v.duration, v.fps,
+                                                   [Segment(s.start, s.end, "action") for s in v.segments])
+                              for vid, v in gt.videos.items() if vid in pl.videos})
+    preds = {vid: [Detection("action", s.score if s.score is not None else 1.0, s.start, s.end)
+                   for s in v.segments] for vid, v in pl.videos.items()}
+    report = evaluate_detection(agnostic, preds, list(tiou))
+    hits_gt = hits_pl = n_gt = n_pl = 0
+    for vid, video in agnostic.videos.items():
+        g = np.array([[s.start, s.end] for s in video.segments]).reshape(-1, 2)
+        p = np.array([[d.start, d.end] for d in preds[vid]]).reshape(-1, 2)
+        n_gt, n_pl = n_gt + len(g), n_pl + len(p)
+        if len(g) and len(p):
+            inter = np.clip(np.minimum(g[:, None, 1], p[None, :, 1]) - np.maximum(g[:, None, 0], p[None, :, 0]),
+                            0, None)
+            union = (g[:, 1] - g[:, 0])[:, None] + (p[:, 1] - p[:, 0])[None, :] - inter
+            ok = inter / np.maximum(union, 1e-9) >= 0.5
+            hits_gt += int(ok.any(axis=1).sum())
+            hits_pl += int(ok.any(axis=0).sum())
+    return {"average_mAP": float(report.average_mAP), "recall@0.5": hits_gt / max(n_gt, 1),
+            "precision@0.5": hits_pl / max(n_pl, 1), "pseudo_labels": n_pl, "true_actions": n_gt}
+
+
+def stage2_variant(base_cfg, out: Path, stage1: Path, pseudo_file: Path, n_pseudo: int, labelled: int,
+                   budget_videos: int, progress: bool) -> dict:
+    """Train + evaluate one stage-2 variant (resumable: skipped when its eval.json exists)."""
+    import json
+
+    eval_path = out / "eval.json"
+    if not eval_path.exists():
+        cfg = dataclasses.replace(base_cfg, later_overrides=list(base_cfg.later_overrides)
+                                  + _epochs_for(base_cfg, n_pseudo, labelled, budget_videos))
+        ckpt = train_stage(cfg, out, [pseudo_file], stage1, progress)
+        atomic_write_json(eval_path, evaluate_stage(ckpt, cfg))
+    return summarize(json.loads(eval_path.read_text()))
+
+
+def run_study(out, seeds=(0, 1, 2), scale=(0, 250, 1000, 4000), taus=(0.01, 0.05, 0.1, 0.2, 0.4),
+              sweep_videos: int = 1000, budget_videos: int = 400, progress: bool = True, overrides=(),
+              counts: dict | None = None) -> dict:
+    """Run (or resume) the study; ``overrides`` (tal-train --set items) and ``counts`` (other simulated
+    curated_train / curated_test / web_test sizes) exist for quick smoke runs."""
+    from tal.demo import selftrain_config, simulate
+
+    out = Path(out)
+    start = time.time()
+    result: dict = {"simulated": True, "note": SIMULATED_NOTE, "seeds": list(seeds), "scale": list(scale),
+                    "taus": list(taus), "budget_videos": budget_videos, "per_seed": {}}
+    n_web = max(max(scale), sweep_videos, budget_videos)
+    for i, seed in enumerate(seeds):
+        sizes = dict(counts or {}, web=n_web if i == 0 else budget_videos)
+        paths = simulate(out / f"data_seed{seed}", seed, sizes, progress)
+        # 1. the demo's comparison; stage 2 sees the first budget_videos web videos.
+        cfg = selftrain_config(paths, seed, overrides=overrides)
+        run = out / f"seed{seed}"
+        report = run_selftrain(cfg, run, progress=progress) if i else None
+        if i == 0:
+            # Seed 0's web store is larger: run stage 1 + pseudo-labels over all of it once, share them.
+            report = _first_seed(cfg, run, paths, scale, taus, sweep_videos, budget_videos, progress, result)
+        result["per_seed"][seed] = {"stage1": report["stage1"], "stage2": report["stage2"],
+                                    "pseudo_labels": report["counts"]["pseudo_labels"]}
+        if i:
+            result["per_seed"][seed]["pseudo_quality"] = pseudo_label_quality(run / "pseudo_round1.json",
+                                                                              paths["web_annotations"])
+        else:
+            result["per_seed"][seed]["pseudo_quality"] = report["stage2"]["pseudo_quality"]
+        atomic_write_json(out / "study.json", result)
+    result["summary"] = _summary(result)
+    result["elapsed_s"] = round(time.time() - start, 1)
+    atomic_write_json(out / "study.json", result)
+    (out / "study.txt").write_text(format_study(result) + "\n")
+    plot_study(result, out)
+    return result
+
+
+def _first_seed(cfg, run: Path, paths, scale, taus, sweep_videos, budget_videos, progress, result) -> dict:
+    import json
+
+    state_cfg = dataclasses.replace(cfg, rounds=0)  # stage 1 (+ its evaluation) only
+    stage1_report = run_selftrain(state_cfg, run / "stage1_only", progress=progress)
+    stage1 = run / "stage1_only" / "stage1" / "last.pt"
+    labelled = stage1_report["counts"]["labeled_videos"]
+    # Raw pseudo-labels at the smallest threshold, once; every variant re-filters them.
+    tau_min = min(list(taus) + [cfg.filter.threshold])
+    raw = run / f"pseudo_all_tau{tau_min}.json"
+    if not raw.exists():
+        pseudo_label_store(cfg.unlabeled_features, stage1, raw, dataclasses.replace(cfg.filter, threshold=tau_min),
+                           progress=progress)
+
+    def variant(name: str, tau: float, n: int) -> dict:
+        pl = run / f"pseudo_{name}.json"
+        if not pl.exists():
+            refilter(raw, pl, dataclasses.replace(cfg.filter, threshold=tau), limit=n)
+        summary = stage2_variant(cfg, run / name, stage1, pl, n, labelled, budget_videos, progress)
+        summary["pseudo_labels"] = json.loads(pl.read_text())["provenance"]["segments"]
+        summary["pseudo_quality"] = pseudo_label_quality(pl, paths["web_annotations"])
+        return summary
+
+    main = variant(f"stage2_n{budget_videos}_tau{cfg.filter.threshold}", cfg.filter.threshold, budget_videos)
+    result["scaling"] = {0: stage1_report["stage1"]}
+    for n in scale:
+        if n > 0:
+            result["scaling"][n] = variant(f"stage2_n{n}_tau{cfg.filter.threshold}", cfg.filter.threshold, n)
+    result["tau_sweep"] = {tau: variant(f"stage2_n{sweep_videos}_tau{tau}", tau, sweep_videos) for tau in taus}
+    return {"stage1": stage1_report["stage1"], "stage2": main, "counts": {
+        "pseudo_labels": {"round1.pseudo": main["pseudo_labels"]}}}
+
+
+def _summary(result: dict) -> dict:
+    out = {}
+    for label, keys in HEADLINES:
+        rows = {}
+        for stage in ("stage1", "stage2"):
+            vals = np.array([_get(r[stage], keys) for r in result["per_seed"].values()])
+            rows[stage] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+        deltas = np.array([_get(r["stage2"], keys) - _get(r["stage1"], keys) for r in result["per_seed"].values()])
+        rows["delta"] = {"mean": float(deltas.mean()), "std": float(deltas.std(ddof=1)) if len(deltas) > 1 else 0.0}
+        out[label] = rows
+    return out
+
+
+def format_study(result: dict) -> str:
+    lines = [f"Self-training study — {SIMULATED_NOTE}",
+             f"seeds {result['seeds']}; average mAP (%) mean ± std over seeds", ""]
+    head = f"{'protocol':<22}{'stage 1':>16}{'stage 2':>16}{'Δ (2-1)':>16}"
+    lines += [head, "-" * len(head)]
+    for label, row in result["summary"].items():
+        cell = lambda r: f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"  # noqa: E731
+        lines.append(f"{label:<22}{cell(row['stage1']):>16}{cell(row['stage2']):>16}{cell(row['delta']):>16}")
+    if "scaling" in result:
+        lines += ["", f"scaling (seed {result['seeds'][0]}): novel mAP (generalized / novel-only) "
+                      "over unlabelled videos"]
+        for n, s in sorted(result["scaling"].items(), key=lambda kv: int(kv[0])):
+            lines.append(f"  N = {int(n):>6}: {100 * _get(s, ('generalized', 'novel')):6.2f} / "
+                         f"{100 * _get(s, ('novel_only',)):6.2f}")
+    if "tau_sweep" in result:
+        lines += ["", f"τ sweep (seed {result['seeds'][0]}): novel (gen.) / novel-only / base mAP; pseudo-labels: "
+                      "count, precision@0.5, recall@0.5 against the hidden web truth"]
+        for tau, s in sorted(result["tau_sweep"].items(), key=lambda kv: float(kv[0])):
+            q = s.get("pseudo_quality", {})
+            lines.append(f"  τ = {float(tau):<5}: {100 * _get(s, ('generalized', 'novel')):6.2f} / "
+                         f"{100 * _get(s, ('novel_only',)):6.2f} / {100 * _get(s, ('generalized', 'base')):6.2f}; "
+                         f"{s.get('pseudo_labels')}, {q.get('precision@0.5', float('nan')):.2f}, "
+                         f"{q.get('recall@0.5', float('nan')):.2f}")
+    if "elapsed_s" in result:
+        lines += ["", f"run time: {result['elapsed_s'] / 60:.1f} min"]
+    return "\n".join(lines)
+
+
+def plot_study(result: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    labels = list(result["summary"])
+    x = np.arange(len(labels))
+    for i, stage in enumerate(("stage1", "stage2")):
+        ax.bar(x + (i - 0.5) * 0.38, [100 * result["summary"][k][stage]["mean"] for k in labels], 0.38,
+               yerr=[100 * result["summary"][k][stage]["std"] for k in labels], label=stage, capsize=3)
+    ax.set_xticks(x, labels, rotation=15)
+    ax.set_ylabel("average mAP (%)")
+    ax.set_title(f"Stage 1 vs stage 2, {len(result['seeds'])} seeds — SIMULATED DATA")
+    ax.legend()
+    save(fig, "study_stages.png")
+    for key, xlabel, name, fmt in (("scaling", "unlabelled web videos", "study_scaling.png", int),
+                                   ("tau_sweep", "pseudo-label threshold τ", "study_tau.png", float)):
+        if key not in result:
+            continue
+        items = sorted(result[key].items(), key=lambda kv: fmt(kv[0]))
+        xs = [fmt(k) for k, _ in items]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, keys in (("novel (generalized)", ("generalized", "novel")), ("novel-only", ("novel_only",)),
+                            ("base (generalized)", ("generalized", "base"))):
+            ax.plot(xs, [100 * _get(s, keys) for _, s in items], marker="o", label=label)
+        if key == "scaling":
+            ax.set_xscale("symlog", linthresh=100)
+        else:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("average mAP (%)")
+        ax.set_title(f"{xlabel} (seed {result['seeds'][0]}) — SIMULATED DATA")
+        ax.legend()
+        save(fig, name)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--out", default="study_out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--scale", default="0,250,1000,4000", show_default=True, help="Unlabelled videos for the curve.")
+@click.option("--taus", default="0.01,0.05,0.1,0.2,0.4", show_default=True)
+@click.option("--sweep-videos", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option("--budget-videos", default=400, show_default=True, type=click.IntRange(min=1),
+              help="Stage 2's compute: the preset's epochs over labelled + this many clips.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="tal-train override, every stage.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch CPU threads.")
+@click.option("--no-progress", is_flag=True)
+def main(out, seeds, scale, taus, sweep_videos, budget_videos, overrides, threads, no_progress):
+    """Three-seed self-training study on SIMULATED data; writes study.json, study.txt and plots."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from tal.cli.selftrain import _errors
+
+    try:
+        result = run_study(out, _ints(seeds), _ints(scale), _floats(taus), sweep_videos, budget_videos,
+                           progress=not no_progress, overrides=overrides)
+    except _errors() as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(format_study(result))
+    click.echo(str(Path(out) / "study.json"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""tal-selftrain end to end on tiny real stores: stage table, resumption after SIGKILL, refused settings."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from test_pseudo import TINY_CLASSES, TINY_SETS, TINY_SPLIT, make_tiny_store, tiny_world
+
+from tal.pseudo import FilterConfig
+from tal.selftrain import SelfTrainConfig, SelfTrainError, EvalSet, format_table, run_selftrain
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("st_data")
+    world = tiny_world()
+    make_tiny_store(root / "lab.zarr", world, 24, TINY_SPLIT["base"], seed=1, ann_path=root / "lab.json")
+    make_tiny_store(root / "web.zarr", world, 32, TINY_CLASSES, seed=2, prefix="w")
+    make_tiny_store(root / "test.zarr", world, 12, TINY_CLASSES, seed=3, prefix="t", ann_path=root / "test.json",
+                    subset="testing", vocab=True)
+    make_tiny_store(root / "webtest.zarr", world, 12, TINY_CLASSES, seed=4, prefix="x",
+                    ann_path=root / "webtest.json", subset="testing", vocab=True)
+    (root / "split.json").write_text(json.dumps(TINY_SPLIT))
+    return root
+
+
+def _config(root, **kw) -> SelfTrainConfig:
+    return SelfTrainConfig(
+        [str(root / "lab.zarr")], [str(root / "lab.json")], str(root / "web.zarr"), rounds=1,
+        filter=FilterConfig(threshold=0.1), split=str(root / "split.json"), preset="small",
+        overrides=list(TINY_SETS), seed=0,
+        tests=[EvalSet(str(root / "test.zarr"), str(root / "test.json")),
+               EvalSet(str(root / "webtest.zarr"), str(root / "webtest.json"), cross_domain=True)],
+        vocab="tiny", simulated=True, **kw)
+
+
+def _cli_args(root, out):
+    args = ["--labeled-features", root / "lab.zarr", "--labeled-annotations", root / "lab.json",
+            "--unlabeled-features", root / "web.zarr", "--out", out, "--threshold", "0.1",
+            "--split", root / "split.json", "--preset", "small", "--seed", "0",
+            "--test-features", root / "test.zarr", "--test-annotations", root / "test.json",
+            "--cross-features", root / "webtest.zarr", "--cross-annotations", root / "webtest.json",
+            "--vocab", "tiny", "--simulated", "--no-progress"]
+    for item in TINY_SETS:
+        args += ["--set", item]
+    return [str(a) for a in args]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("st_ref") / "run"
+    report = run_selftrain(_config(tiny_data), out, progress=False)
+    return out, report
+
+
+def test_end_to_end_report_table_and_files(reference_run, tiny_data):
+    out, report = reference_run
+    for stage in ("stage1", "stage2"):
+        s = report[stage]
+        values = [s["novel_only"], s["cross_domain"]] + [s["generalized"][g] for g in ("all", "base", "novel")]
+        assert all(0.0 <= v <= 1.0 for v in values), s
+    assert report["simulated"] and report["seed"] == 0
+    assert report["counts"]["labeled_videos"] == 24 and report["counts"]["unlabeled_videos"] == 32
+    # Every unlabelled video contributes at least its top-1 pseudo-label.
+    assert report["counts"]["pseudo_labels"]["round1.pseudo"] >= 32
+    pl = json.loads((out / "pseudo_round1.json").read_text())
+    assert len(pl["database"]) == 32 and pl["provenance"]["threshold"] == 0.1
+    state = json.loads((out / "state.json").read_text())["done"]
+    assert state == ["stage1.train", "stage1.eval", "round1.pseudo", "stage2.train", "stage2.eval"]
+    # Stage 2 really trained on the pseudo-labelled web videos next to the labelled ones.
+    inputs = torch.load(out / "stage2" / "last.pt", weights_only=True)["inputs"]
+    assert inputs["pseudo"] == [str(out / "pseudo_round1.json")] and str(tiny_data / "web.zarr") in inputs["features"]
+    for name in ("report.json", "report.txt", "map_per_stage.png"):
+        assert (out / name).stat().st_size > 0
+    table = format_table(report)
+    assert "novel-only" in table and "cross-domain" in table and "SIMULATED" in table
+
+
+def test_rerun_of_finished_run_does_nothing(reference_run, tiny_data):
+    out, report = reference_run
+    before = (out / "stage2" / "last.pt").stat().st_mtime_ns
+    again = run_selftrain(_config(tiny_data), out, progress=False)
+    assert (out / "stage2" / "last.pt").stat().st_mtime_ns == before
+    assert again["stage2"] == report["stage2"]
+
+
+def test_other_settings_on_existing_run_are_refused(reference_run, tiny_data):
+    out, _ = reference_run
+    cfg = _config(tiny_data)
+    cfg.filter = FilterConfig(threshold=0.3)
+    with pytest.raises(SelfTrainError, match="other settings.*filter"):
+        run_selftrain(cfg, out, progress=False)
+
+
+def _wait_for(proc, predicate, timeout=600):
+    start = time.time()
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"tal-selftrain ended (rc {proc.returncode}) before the kill point")
+        if time.time() - start > timeout:
+            raise AssertionError("kill point not reached in time")
+        time.sleep(0.05)
+
+
+def test_resume_after_sigkill_gives_the_same_result(reference_run, tiny_data, tmp_path):
+    """Kill the CLI during pseudo-labelling, then during stage-2 training; the finished rerun matches."""
+    ref_out, ref_report = reference_run
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tal.cli.selftrain"] + _cli_args(tiny_data, out)
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # the reference ran on one thread: same float reductions
+    part = out / "pseudo_round1.json.parts" / "shard-00000-of-00001.jsonl"
+    for kill_point in (lambda: part.exists() and part.stat().st_size > 0,
+                       lambda: (out / "stage2" / "last.pt").exists()):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _wait_for(proc, kill_point)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    done = json.loads((out / "state.json").read_text())["done"]
+    assert "stage2.eval" not in done
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("report.json") and "novel-only" in r.stdout
+
+    ref = torch.load(ref_out / "stage2" / "last.pt", weights_only=True)
+    got = torch.load(out / "stage2" / "last.pt", weights_only=True)
+    assert ref["ema"].keys() == got["ema"].keys()
+    assert all(torch.equal(ref["ema"][k], got["ema"][k]) for k in ref["ema"])
+    pl_ref = json.loads((ref_out / "pseudo_round1.json").read_text())["database"]
+    assert json.loads((out / "pseudo_round1.json").read_text())["database"] == pl_ref
+    report = json.loads((out / "report.json").read_text())
+    assert report["stage1"] == ref_report["stage1"] and report["stage2"] == ref_report["stage2"]
+
+
+def test_empty_unlabelled_store_and_missing_vocab_are_clear_errors(tiny_data, tmp_path):
+    from features.store import create_store
+
+    empty = tmp_path / "empty.zarr"
+    create_store(empty, dim=16, provenance={"encoder": "simulated", "pretrained": "random", "fps": 30.0,
+                                            "window": 16, "stride": 4, "frame_step": 4}).close()
+    cfg = _config(tiny_data)
+    cfg.unlabeled_features = str(empty)
+    with pytest.raises(SelfTrainError, match="empty.zarr: the unlabelled store holds no videos"):
+        run_selftrain(cfg, tmp_path / "run", progress=False)
+    cfg = _config(tiny_data)
+    cfg.vocab = None
+    with pytest.raises(SelfTrainError, match="--vocab"):
+        run_selftrain(cfg, tmp_path / "run2", progress=False)
+
+
+def test_pseudo_labels_for_videos_missing_from_the_stores_are_refused(reference_run, tiny_data, tmp_path):
+    """Stage 2 given pseudo-labels without the store that holds their videos: one-line error naming them."""
+    from click.testing import CliRunner
+
+    from tal.cli.train import main
+
+    out, _ = reference_run
+    args = ["--features", str(tiny_data / "lab.zarr"), "--annotations", str(tiny_data / "lab.json"),
+            "--pseudo", str(out / "pseudo_round1.json"), "--mode", "agnostic", "--preset", "small",
+            "--out", str(tmp_path / "s2"), "--no-progress"]
+    for item in TINY_SETS:
+        args += ["--set", item]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "pseudo_round1.json" in r.output and "w000000" in r.output, r.output
