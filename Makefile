@@ -29,7 +29,7 @@ extract: $(VENV)
 
 bench: $(VENV)
 	$(PY) tools/bench_store.py
-	$(PY) tools/bench_extract.py
+	$(PY) tools/bench_extract.py --quick   # the full run takes about an hour on a 2-core CPU
 	$(PY) tools/bench_eval.py
 	$(PY) tools/bench_train.py
 	$(PY) tools/bench_pseudo.py

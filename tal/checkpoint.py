@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from tal.atomic import atomic_write_bytes
 
 FORMAT = "stovtal-checkpoint-1"
 # Provenance keys that must agree between a checkpoint and a store it is used on.
@@ -25,22 +25,6 @@ COMPAT_KEYS = ("encoder", "pretrained", "dim", "fps", "window", "stride", "frame
 
 class CheckpointError(ValueError):
     """A one-line message naming the checkpoint (and store) at fault."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file beside ``path``, fsync, then os.replace: readers see the old or the new file, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path, state: dict) -> None:

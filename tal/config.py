@@ -197,7 +197,7 @@ def load_config(preset: str = "thumos", overrides=()) -> RunConfig:
 
 def save_config(cfg: RunConfig, path) -> None:
     """Atomic write of the effective config."""
-    from tal.checkpoint import atomic_write_bytes
+    from tal.atomic import atomic_write_bytes
 
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
     atomic_write_bytes(Path(path), text.encode())

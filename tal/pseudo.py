@@ -17,14 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from tal.atomic import atomic_open
+from tal.atomic import atomic_write_json as _atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -130,20 +131,8 @@ def _part_name(index: int, count: int) -> str:
     return f"shard-{index:05d}-of-{count:05d}"
 
 
-# --------------------------------------------------------------------------------------------- atomic io
 def atomic_write_json(path: Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write_json(path, obj, indent=1, sort_keys=True)
 
 
 def file_sha256(path, chunk: int = 1 << 20) -> str:
@@ -336,34 +325,25 @@ def merge_parts(out: Path, sources: Iterable[Path] | None = None, extra_provenan
     # Shards are disjoint slices of one store listing (same settings, distinct indices), so no id set is
     # kept here: merge memory stays flat in the number of videos too.
     stats = ShardStats()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            # Same layout as tal.data.annotations.write_official, written piecewise.
-            f.write('{"version": "stovtal", "taxonomy": [{"nodeName": "%s"}], "database": {' % PSEUDO_LABEL)
-            first = True
-            for part in parts:
-                for rec in _iter_records(part):
-                    vid = rec["video_id"]
-                    entry = {"subset": PSEUDO_SUBSET, "duration": rec["duration"]}
-                    if rec.get("fps") is not None:
-                        entry["fps"] = rec["fps"]
-                    entry["annotations"] = [{"segment": [s, e], "label": PSEUDO_LABEL, "score": c, "pseudo": True}
-                                            for s, e, c in rec["segments"]]
-                    f.write(("" if first else ",") + "\n" + json.dumps(vid) + ": " + json.dumps(entry))
-                    first = False
-                    stats.add(len(rec["segments"]), rec["fell_back"])
-            provenance = dict(metas[0], **(extra_provenance or {}))
-            provenance.update(videos=stats.videos, segments=stats.segments,
-                              fallback_videos=stats.fallback_videos, empty_videos=stats.empty_videos)
-            f.write("\n}, \"provenance\": " + json.dumps(provenance, sort_keys=True) + "}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(out, "w", encoding="utf-8") as f:
+        # Same layout as tal.data.annotations.write_official, written piecewise.
+        f.write('{"version": "stovtal", "taxonomy": [{"nodeName": "%s"}], "database": {' % PSEUDO_LABEL)
+        first = True
+        for part in parts:
+            for rec in _iter_records(part):
+                vid = rec["video_id"]
+                entry = {"subset": PSEUDO_SUBSET, "duration": rec["duration"]}
+                if rec.get("fps") is not None:
+                    entry["fps"] = rec["fps"]
+                entry["annotations"] = [{"segment": [s, e], "label": PSEUDO_LABEL, "score": c, "pseudo": True}
+                                        for s, e, c in rec["segments"]]
+                f.write(("" if first else ",") + "\n" + json.dumps(vid) + ": " + json.dumps(entry))
+                first = False
+                stats.add(len(rec["segments"]), rec["fell_back"])
+        provenance = dict(metas[0], **(extra_provenance or {}))
+        provenance.update(videos=stats.videos, segments=stats.segments,
+                          fallback_videos=stats.fallback_videos, empty_videos=stats.empty_videos)
+        f.write("\n}, \"provenance\": " + json.dumps(provenance, sort_keys=True) + "}\n")
     log.info("wrote %s: %d videos, %d pseudo-labels (%d videos fell back to top-1)",
              out, stats.videos, stats.segments, stats.fallback_videos)
     return stats

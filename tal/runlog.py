@@ -11,7 +11,7 @@ import io
 import logging
 from pathlib import Path
 
-from tal.checkpoint import atomic_write_bytes
+from tal.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from pathlib import Path
 
 import click
 import numpy as np
 
-from tal.pseudo import FilterConfig, atomic_write_json, pseudo_label_store, refilter
+from tal.pseudo import atomic_write_json, pseudo_label_store, refilter
 from tal.selftrain import SIMULATED_NOTE, evaluate_stage, run_selftrain, summarize, train_stage
 
 log = logging.getLogger("tal.study")

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tal.atomic import atomic_write_json
 
 SUBSETS = ("training", "validation", "testing")
 _SUBSET_ALIASES = {
@@ -267,27 +267,9 @@ def load_annotations(path, fmt: str = "auto", subset: str | None = None, *, stri
     return builder.finish(fmt, provenance)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_json_atomic(obj, path) -> None:
-    """Write JSON to a temp file in the target directory, then rename over the target (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON so that the target is never half-written (see tal.atomic)."""
+    atomic_write_json(path, obj)
 
 
 def to_official(aset: AnnotationSet) -> dict:
