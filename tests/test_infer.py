@@ -12,12 +12,7 @@ from tal.eval.detection import evaluate_detection
 from tal.eval.predictions import load_predictions
 from tal.infer import InferenceError, iter_detections
 from tal.train import TrainInputs, train
-from test_train_support import CLASSES, make_benchmark, provenance, single_thread
-
-TINY = ["model.embd_dim=32", "model.fpn_dim=32", "model.head_dim=32", "model.max_seq_len=64",
-        "model.droppath=0.0", "data.num_workers=0", "train.batch_size=4", "train.lr=3e-3",
-        "train.warmup_epochs=1", "train.ema_decay=0.9"]
-
+from test_train_support import CLASSES, TINY, make_benchmark, provenance, single_thread
 
 @pytest.fixture(autouse=True)
 def one_thread():

@@ -11,12 +11,7 @@ from tal.config import ConfigError, load_config
 from tal.eval.detection import evaluate_detection
 from tal.infer import iter_detections
 from tal.train import TrainError, TrainInputs, learning_rate, train
-from test_train_support import make_benchmark, provenance, single_thread
-
-TINY = ["model.embd_dim=32", "model.fpn_dim=32", "model.head_dim=32", "model.max_seq_len=64",
-        "model.droppath=0.0", "data.num_workers=0", "train.batch_size=4", "train.lr=3e-3",
-        "train.warmup_epochs=1", "train.ema_decay=0.9"]
-
+from test_train_support import TINY, make_benchmark, provenance, single_thread
 
 @pytest.fixture(autouse=True)
 def one_thread():

@@ -14,6 +14,10 @@ from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation, write_
 
 GRID = Grid(fps=30.0, window=16, stride=4, frame_step=4)
 CLASSES = ["jump", "run", "swim"]
+# A model small enough to train in seconds on one CPU thread.
+TINY = ["model.embd_dim=32", "model.fpn_dim=32", "model.head_dim=32", "model.max_seq_len=64",
+        "model.droppath=0.0", "data.num_workers=0", "train.batch_size=4", "train.lr=3e-3",
+        "train.warmup_epochs=1", "train.ema_decay=0.9"]
 
 
 @contextmanager
