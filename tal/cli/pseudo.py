@@ -1,7 +1,7 @@
 """tal-pseudo: pseudo-label an unlabelled feature store with a class-agnostic localizer; `merge` joins shards.
 
-    tal-pseudo --features web.zarr --checkpoint stage1/best.pt --threshold 0.05 --out pl.json
-    tal-pseudo --features web.zarr --checkpoint stage1/best.pt --shard 0/4 --out pl.json   # one of 4 processes
+    tal-pseudo --features web.zarr --checkpoint stage1/last.pt --threshold 0.05 --out pl.json
+    tal-pseudo --features web.zarr --checkpoint stage1/last.pt --shard 0/4 --out pl.json   # one of 4 processes
     tal-pseudo merge pl.json                 # after all shards: joins pl.json.parts/ into pl.json
 """
 
