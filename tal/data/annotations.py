@@ -188,6 +188,15 @@ class AnnotationBuilder:
         score_value = None if score is None else to_float(score, where + " score")
         video.segments.append(Segment(start, end, label, score_value, bool(pseudo)))
 
+    def add_segment_list(self, video: VideoAnnotation | None, video_id: str, annotations) -> None:
+        """The JSON formats' ``annotations: [{segment, label, score?, pseudo?}, ...]`` of one video."""
+        if not isinstance(annotations, list):
+            raise AnnotationError(f"{self.where(video_id, 'annotations')}: expected a list")
+        for i, ann in enumerate(annotations):
+            if not isinstance(ann, dict) or "segment" not in ann or "label" not in ann:
+                raise AnnotationError(f"{self.where(video_id, f'annotations[{i}]')}: needs 'segment' and 'label'")
+            self.add_segment(video, ann["segment"], ann["label"], ann.get("score"), ann.get("pseudo", False), i)
+
     def finish(self, fmt: str, provenance: dict | None = None) -> AnnotationSet:
         if self.clipped:
             warnings.warn(f"{self.path}: clipped {self.clipped} segment(s) that ran past the video's end",

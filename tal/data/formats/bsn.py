@@ -52,9 +52,4 @@ def read(builder: AnnotationBuilder, data, video_info=None) -> None:
         if entry.get("duration_frame") and entry["duration_second"]:
             fps = float(entry["duration_frame"]) / float(entry["duration_second"])
         video = builder.add_video(vid, subset, entry["duration_second"], fps)
-        if not isinstance(entry["annotations"], list):
-            raise AnnotationError(f"{builder.where(vid, 'annotations')}: expected a list")
-        for i, ann in enumerate(entry["annotations"]):
-            if not isinstance(ann, dict) or "segment" not in ann or "label" not in ann:
-                raise AnnotationError(f"{builder.where(vid, f'annotations[{i}]')}: needs 'segment' and 'label'")
-            builder.add_segment(video, ann["segment"], ann["label"], index=i)
+        builder.add_segment_list(video, vid, entry["annotations"])

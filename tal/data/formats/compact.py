@@ -17,9 +17,4 @@ def read(builder: AnnotationBuilder, data) -> None:
             # Frames over duration gives the source fps these files were cut at.
             fps = float(entry["frames"]) / float(entry["duration"])
         video = builder.add_video(vid, entry["subset"], entry["duration"], fps)
-        if not isinstance(entry["annotations"], list):
-            raise AnnotationError(f"{builder.where(vid, 'annotations')}: expected a list")
-        for i, ann in enumerate(entry["annotations"]):
-            if not isinstance(ann, dict) or "segment" not in ann or "label" not in ann:
-                raise AnnotationError(f"{builder.where(vid, f'annotations[{i}]')}: needs 'segment' and 'label'")
-            builder.add_segment(video, ann["segment"], ann["label"], index=i)
+        builder.add_segment_list(video, vid, entry["annotations"])

@@ -21,10 +21,4 @@ def read(builder: AnnotationBuilder, data, require_fps: bool = False) -> None:
             if key not in entry:
                 raise AnnotationError(f"{builder.where(vid, key)}: missing")
         video = builder.add_video(vid, entry["subset"], entry.get("duration"), entry.get("fps"))
-        annotations = entry["annotations"]
-        if not isinstance(annotations, list):
-            raise AnnotationError(f"{builder.where(vid, 'annotations')}: expected a list")
-        for i, ann in enumerate(annotations):
-            if not isinstance(ann, dict) or "segment" not in ann or "label" not in ann:
-                raise AnnotationError(f"{builder.where(vid, f'annotations[{i}]')}: needs 'segment' and 'label'")
-            builder.add_segment(video, ann["segment"], ann["label"], ann.get("score"), ann.get("pseudo", False), i)
+        builder.add_segment_list(video, vid, entry["annotations"])
