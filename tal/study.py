@@ -8,9 +8,13 @@
    ``--scale`` (N = 0 is stage 1). Stage 1 and its pseudo-labels are shared; only stage 2 is retrained.
 3. τ sweep (first seed, ``--sweep-videos`` web videos): stage 2 with pseudo-labels filtered at each τ; the
    model is run once at the smallest τ and the file re-filtered (exact, see ``tal.pseudo.refilter``).
+4. Ceilings (every seed): what self-training could give at best on this simulation — stage 2 trained on
+   *perfect* pseudo-labels (the web videos' hidden truth, same videos and compute), and a stage 1 trained with
+   human labels for every class, novel ones included (a new simulated curated set of the same size).
 
 Stage 2 trains for the same number of iterations whatever N (the preset's epochs over labelled +
-``--budget-videos`` clips), so the scaling curve measures more data at fixed compute. Everything resumes.
+``--budget-videos`` clips), so the scaling curve measures more data at fixed compute. Everything resumes, and
+each seed's part can run in its own process (``--only-seed S``) before the plain command collects them.
 Writes ``study.json``, ``study.txt`` and ``study_*.png``; every figure is labelled SIMULATED.
 """
 
@@ -102,47 +106,114 @@ def run_study(out, seeds=(0, 1, 2), scale=(0, 250, 1000, 4000), taus=(0.01, 0.05
               counts: dict | None = None) -> dict:
     """Run (or resume) the study; ``overrides`` (tal-train --set items) and ``counts`` (other simulated
     curated_train / curated_test / web_test sizes) exist for quick smoke runs."""
-    from tal.demo import selftrain_config, simulate
-
     out = Path(out)
     start = time.time()
     result: dict = {"simulated": True, "note": SIMULATED_NOTE, "seeds": list(seeds), "scale": list(scale),
                     "taus": list(taus), "budget_videos": budget_videos, "per_seed": {}}
-    n_web = max(max(scale), sweep_videos, budget_videos)
-    for i, seed in enumerate(seeds):
-        sizes = dict(counts or {}, web=n_web if i == 0 else budget_videos)
-        paths = simulate(out / f"data_seed{seed}", seed, sizes, progress)
-        # 1. the demo's comparison; stage 2 sees the first budget_videos web videos.
-        cfg = selftrain_config(paths, seed, overrides=overrides)
-        run = out / f"seed{seed}"
-        report = run_selftrain(cfg, run, progress=progress) if i else None
-        if i == 0:
-            # Seed 0's web store is larger: run stage 1 + pseudo-labels over all of it once, share them.
-            report = _first_seed(cfg, run, paths, scale, taus, sweep_videos, budget_videos, progress, result)
-        result["per_seed"][seed] = {"stage1": report["stage1"], "stage2": report["stage2"],
-                                    "pseudo_labels": report["counts"]["pseudo_labels"]}
-        if i:
-            result["per_seed"][seed]["pseudo_quality"] = pseudo_label_quality(run / "pseudo_round1.json",
-                                                                              paths["web_annotations"])
-        else:
-            result["per_seed"][seed]["pseudo_quality"] = report["stage2"]["pseudo_quality"]
+    for seed in seeds:
+        part = run_seed(out, seed, seeds, scale, taus, sweep_videos, budget_videos, progress, overrides, counts)
+        for key in ("scaling", "tau_sweep"):
+            if key in part:
+                result[key] = part.pop(key)
+        result["per_seed"][seed] = part
         atomic_write_json(out / "study.json", result)
     result["summary"] = _summary(result)
     result["elapsed_s"] = round(time.time() - start, 1)
+    result["elapsed_note"] = "this command's wall time; parts finished earlier (resumed, --only-seed) not included"
     atomic_write_json(out / "study.json", result)
     (out / "study.txt").write_text(format_study(result) + "\n")
     plot_study(result, out)
     return result
 
 
-def _first_seed(cfg, run: Path, paths, scale, taus, sweep_videos, budget_videos, progress, result) -> dict:
+def run_seed(out, seed: int, seeds, scale, taus, sweep_videos: int, budget_videos: int, progress: bool = True,
+             overrides=(), counts: dict | None = None) -> dict:
+    """One seed's part of the study (resumable; cached in ``out/seed<S>/part.json``). The first seed of
+    ``seeds`` also runs the scaling curve and the τ sweep, over a larger web store."""
+    import json
+
+    from tal.demo import selftrain_config, simulate
+
+    out = Path(out)
+    run = out / f"seed{seed}"
+    done = run / "part.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    first = seed == list(seeds)[0]
+    n_web = max(max(scale), sweep_videos, budget_videos) if first else budget_videos
+    paths = simulate(out / f"data_seed{seed}", seed, dict(counts or {}, web=n_web), progress)
+    # 1. the demo's comparison; stage 2 sees the first budget_videos web videos.
+    cfg = selftrain_config(paths, seed, overrides=overrides)
+    if first:
+        # The first seed's web store is larger: stage 1 + pseudo-labels run over all of it once, shared.
+        report, part, main_pl = _first_seed(cfg, run, paths, scale, taus, sweep_videos, budget_videos, progress)
+        stage1 = run / "stage1_only" / "stage1" / "last.pt"
+    else:
+        report, part = run_selftrain(cfg, run, progress=progress), {}
+        stage1, main_pl = run / "stage1" / "last.pt", run / "pseudo_round1.json"
+        report["stage2"]["pseudo_quality"] = pseudo_label_quality(main_pl, paths["web_annotations"])
+    part.update(stage1=report["stage1"], stage2=report["stage2"], pseudo_labels=report["counts"]["pseudo_labels"],
+                pseudo_quality=report["stage2"]["pseudo_quality"])
+    part["ceilings"] = _ceilings(cfg, run, paths, out / f"data_seed{seed}_all_classes", seed, stage1, main_pl,
+                                 report["counts"]["labeled_videos"], budget_videos, counts, progress)
+    atomic_write_json(done, part)
+    return part
+
+
+def oracle_pseudo_labels(gt_path, like, out) -> Path:
+    """The hidden truth of the videos of pseudo-label file ``like``, written as perfect pseudo-labels."""
+    from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation, load_annotations, write_official
+
+    gt = load_annotations(gt_path)
+    videos = {}
+    for vid in load_annotations(like).videos:
+        v = gt.videos[vid]
+        videos[vid] = VideoAnnotation(vid, v.subset, v.duration, v.fps,
+                                      [Segment(s.start, s.end, "action", 1.0, True) for s in v.segments])
+    aset = AnnotationSet(videos, {"simulated": True, "oracle": True, "source": str(gt_path),
+                                  "videos": len(videos), "segments": sum(len(v.segments) for v in videos.values())})
+    write_official(aset, out)
+    return Path(out)
+
+
+def _ceilings(cfg, run: Path, paths, all_dir: Path, seed: int, stage1: Path, main_pl: Path, labelled: int,
+              budget_videos: int, counts, progress) -> dict:
+    """The best self-training could do here: (a) stage 2 on perfect pseudo-labels, same videos and compute;
+    (b) stage 1 with human labels for every class (a simulated curated set of the same size, all classes)."""
+    import json
+
+    from tal.sim import preset, write_benchmark
+
+    oracle = run / "pseudo_oracle.json"
+    if not oracle.exists():
+        oracle_pseudo_labels(paths["web_annotations"], main_pl, oracle)
+    n_oracle = len(json.loads(oracle.read_text())["database"])
+    result = {"stage2_oracle": stage2_variant(cfg, run / "stage2_oracle", stage1, oracle, n_oracle, labelled,
+                                              budget_videos, progress)}
+    sim_cfg, default = preset("small", seed)
+    all_paths = write_benchmark(all_dir, sim_cfg, n_curated_train=(counts or {}).get("curated_train",
+                                                                                     default.curated_train),
+                                n_web_unlabeled=0, n_curated_test=0, n_web_test=0, labelled_classes="all",
+                                progress=progress)
+    eval_path = run / "stage1_all_classes" / "eval.json"
+    if not eval_path.exists():
+        all_cfg = dataclasses.replace(cfg, labeled_features=[str(all_paths["curated_train_store"])],
+                                      labeled_annotations=[str(all_paths["curated_train_annotations"])], classes="all")
+        ckpt = train_stage(all_cfg, run / "stage1_all_classes", [], None, progress)
+        atomic_write_json(eval_path, evaluate_stage(ckpt, cfg))
+    result["stage1_all_classes"] = summarize(json.loads(eval_path.read_text()))
+    return result
+
+
+def _first_seed(cfg, run: Path, paths, scale, taus, sweep_videos, budget_videos, progress):
+    """Stage 1 once, pseudo-labels once at the smallest τ, then every stage-2 variant from re-filtered files.
+    Returns (the demo-like report, {"scaling", "tau_sweep"}, the main variant's pseudo-label file)."""
     import json
 
     state_cfg = dataclasses.replace(cfg, rounds=0)  # stage 1 (+ its evaluation) only
     stage1_report = run_selftrain(state_cfg, run / "stage1_only", progress=progress)
     stage1 = run / "stage1_only" / "stage1" / "last.pt"
     labelled = stage1_report["counts"]["labeled_videos"]
-    # Raw pseudo-labels at the smallest threshold, once; every variant re-filters them.
     tau_min = min(list(taus) + [cfg.filter.threshold])
     raw = run / f"pseudo_all_tau{tau_min}.json"
     if not raw.exists():
@@ -158,37 +229,50 @@ def _first_seed(cfg, run: Path, paths, scale, taus, sweep_videos, budget_videos,
         summary["pseudo_quality"] = pseudo_label_quality(pl, paths["web_annotations"])
         return summary
 
-    main = variant(f"stage2_n{budget_videos}_tau{cfg.filter.threshold}", cfg.filter.threshold, budget_videos)
-    result["scaling"] = {0: stage1_report["stage1"]}
+    main_name = f"stage2_n{budget_videos}_tau{cfg.filter.threshold}"
+    main = variant(main_name, cfg.filter.threshold, budget_videos)
+    part = {"scaling": {0: stage1_report["stage1"]}}
     for n in scale:
         if n > 0:
-            result["scaling"][n] = variant(f"stage2_n{n}_tau{cfg.filter.threshold}", cfg.filter.threshold, n)
-    result["tau_sweep"] = {tau: variant(f"stage2_n{sweep_videos}_tau{tau}", tau, sweep_videos) for tau in taus}
-    return {"stage1": stage1_report["stage1"], "stage2": main, "counts": {
-        "pseudo_labels": {"round1.pseudo": main["pseudo_labels"]}}}
+            part["scaling"][n] = variant(f"stage2_n{n}_tau{cfg.filter.threshold}", cfg.filter.threshold, n)
+    part["tau_sweep"] = {tau: variant(f"stage2_n{sweep_videos}_tau{tau}", tau, sweep_videos) for tau in taus}
+    report = {"stage1": stage1_report["stage1"], "stage2": main, "counts": {
+        "labeled_videos": labelled, "pseudo_labels": {"round1.pseudo": main["pseudo_labels"]}}}
+    return report, part, run / f"pseudo_{main_name}.json"
+
+
+COLUMNS = [("stage1", "stage 1"), ("stage2", "stage 2"), ("delta", "Δ (2-1)"),
+           ("stage2_oracle", "stage 2, perfect PL"), ("stage1_all_classes", "stage 1, all labels")]
 
 
 def _summary(result: dict) -> dict:
+    """Mean ± std over seeds per headline protocol, for both stages, their difference and the ceilings."""
+    def stat(values) -> dict:
+        v = np.array(values, np.float64)
+        return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+
     out = {}
+    seeds = list(result["per_seed"].values())
     for label, keys in HEADLINES:
-        rows = {}
-        for stage in ("stage1", "stage2"):
-            vals = np.array([_get(r[stage], keys) for r in result["per_seed"].values()])
-            rows[stage] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
-        deltas = np.array([_get(r["stage2"], keys) - _get(r["stage1"], keys) for r in result["per_seed"].values()])
-        rows["delta"] = {"mean": float(deltas.mean()), "std": float(deltas.std(ddof=1)) if len(deltas) > 1 else 0.0}
+        rows = {stage: stat([_get(r[stage], keys) for r in seeds]) for stage in ("stage1", "stage2")}
+        rows["delta"] = stat([_get(r["stage2"], keys) - _get(r["stage1"], keys) for r in seeds])
+        for ceiling in ("stage2_oracle", "stage1_all_classes"):
+            if all("ceilings" in r for r in seeds):
+                rows[ceiling] = stat([_get(r["ceilings"][ceiling], keys) for r in seeds])
         out[label] = rows
     return out
 
 
 def format_study(result: dict) -> str:
     lines = [f"Self-training study — {SIMULATED_NOTE}",
-             f"seeds {result['seeds']}; average mAP (%) mean ± std over seeds", ""]
-    head = f"{'protocol':<22}{'stage 1':>16}{'stage 2':>16}{'Δ (2-1)':>16}"
+             f"seeds {result['seeds']}; average mAP (%) mean ± std over seeds; ceilings: stage 2 trained on perfect "
+             "pseudo-labels (the web videos' hidden truth), stage 1 trained with labels for every class", ""]
+    columns = [(k, name) for k, name in COLUMNS if k in next(iter(result["summary"].values()))]
+    head = f"{'protocol':<22}" + "".join(f"{name:>21}" for _, name in columns)
     lines += [head, "-" * len(head)]
     for label, row in result["summary"].items():
         cell = lambda r: f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"  # noqa: E731
-        lines.append(f"{label:<22}{cell(row['stage1']):>16}{cell(row['stage2']):>16}{cell(row['delta']):>16}")
+        lines.append(f"{label:<22}" + "".join(f"{cell(row[k]):>21}" for k, _ in columns))
     if "scaling" in result:
         lines += ["", f"scaling (seed {result['seeds'][0]}): novel mAP (generalized / novel-only) "
                       "over unlabelled videos"]
@@ -220,16 +304,18 @@ def plot_study(result: dict, out: Path) -> None:
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     labels = list(result["summary"])
+    bars = [(k, name) for k, name in COLUMNS if k != "delta" and k in result["summary"][labels[0]]]
+    width = 0.8 / len(bars)
     x = np.arange(len(labels))
-    for i, stage in enumerate(("stage1", "stage2")):
-        ax.bar(x + (i - 0.5) * 0.38, [100 * result["summary"][k][stage]["mean"] for k in labels], 0.38,
-               yerr=[100 * result["summary"][k][stage]["std"] for k in labels], label=stage, capsize=3)
+    for i, (key, name) in enumerate(bars):
+        ax.bar(x + (i - (len(bars) - 1) / 2) * width, [100 * result["summary"][k][key]["mean"] for k in labels],
+               width, yerr=[100 * result["summary"][k][key]["std"] for k in labels], label=name, capsize=3)
     ax.set_xticks(x, labels, rotation=15)
     ax.set_ylabel("average mAP (%)")
     ax.set_title(f"Stage 1 vs stage 2, {len(result['seeds'])} seeds — SIMULATED DATA")
-    ax.legend()
+    ax.legend(fontsize=8)
     save(fig, "study_stages.png")
     for key, xlabel, name, fmt in (("scaling", "unlabelled web videos", "study_scaling.png", int),
                                    ("tau_sweep", "pseudo-label threshold τ", "study_tau.png", float)):
@@ -270,8 +356,11 @@ def _floats(text: str) -> list[float]:
               help="Stage 2's compute: the preset's epochs over labelled + this many clips.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="tal-train override, every stage.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch CPU threads.")
+@click.option("--only-seed", type=int, default=None,
+              help="Run just this seed's part (one of --seeds), e.g. one process per seed; the plain command then "
+                   "collects the finished parts.")
 @click.option("--no-progress", is_flag=True)
-def main(out, seeds, scale, taus, sweep_videos, budget_videos, overrides, threads, no_progress):
+def main(out, seeds, scale, taus, sweep_videos, budget_videos, overrides, threads, only_seed, no_progress):
     """Three-seed self-training study on SIMULATED data; writes study.json, study.txt and plots."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if threads:
@@ -280,9 +369,16 @@ def main(out, seeds, scale, taus, sweep_videos, budget_videos, overrides, thread
         torch.set_num_threads(threads)
     from tal.cli.selftrain import _errors
 
+    seeds, scale, taus = _ints(seeds), _ints(scale), _floats(taus)
+    if only_seed is not None and only_seed not in seeds:
+        raise click.UsageError(f"--only-seed {only_seed} is not one of --seeds {seeds}")
     try:
-        result = run_study(out, _ints(seeds), _ints(scale), _floats(taus), sweep_videos, budget_videos,
-                           progress=not no_progress, overrides=overrides)
+        if only_seed is not None:
+            run_seed(out, only_seed, seeds, scale, taus, sweep_videos, budget_videos, not no_progress, overrides)
+            click.echo(f"seed {only_seed} done: {Path(out) / f'seed{only_seed}' / 'part.json'}")
+            return
+        result = run_study(out, seeds, scale, taus, sweep_videos, budget_videos, progress=not no_progress,
+                           overrides=overrides)
     except _errors() as e:
         raise click.ClickException(str(e)) from None
     click.echo(format_study(result))

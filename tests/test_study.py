@@ -1,0 +1,69 @@
+"""`make study` on a tiny simulated benchmark: every part of the report, the ceilings, per-seed processes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tal.study import pseudo_label_quality, run_study
+from test_pseudo import TINY_SETS
+
+COUNTS = {"curated_train": 8, "curated_test": 6, "web_test": 6}
+ARGS = dict(seeds=(0, 1), scale=(0, 4, 8), taus=(0.05, 0.4), sweep_videos=8, budget_videos=6,
+            progress=False, overrides=TINY_SETS, counts=COUNTS)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    return out, run_study(out, **ARGS)
+
+
+def test_study_reports_stages_scaling_sweep_and_ceilings(study):
+    out, result = study
+    assert result["simulated"] and set(result["per_seed"]) == {0, 1}
+    assert sorted(int(n) for n in result["scaling"]) == [0, 4, 8]
+    assert sorted(float(t) for t in result["tau_sweep"]) == [0.05, 0.4]
+    for label, row in result["summary"].items():
+        assert set(row) == {"stage1", "stage2", "delta", "stage2_oracle", "stage1_all_classes"}, label
+        assert 0.0 <= row["stage2"]["mean"] <= 1.0
+    seed0 = result["per_seed"][0]
+    assert seed0["stage1"] == result["scaling"][0]  # N = 0 is stage 1 itself
+    # the scaling files are nested: more videos, at least as many pseudo-labels
+    counts = [result["scaling"][n]["pseudo_labels"] for n in (4, 8)]
+    assert counts[0] <= counts[1]
+    # a higher τ keeps fewer pseudo-labels
+    assert result["tau_sweep"][0.4]["pseudo_labels"] <= result["tau_sweep"][0.05]["pseudo_labels"]
+    text = (out / "study.txt").read_text()
+    assert "SIMULATED" in text and "perfect PL" in text and "τ = 0.4" in text
+    for name in ("study_stages.png", "study_scaling.png", "study_tau.png"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_oracle_pseudo_labels_are_the_hidden_truth_of_the_same_videos(study):
+    out, _ = study
+    for seed, main in ((0, "pseudo_stage2_n6_tau0.05.json"), (1, "pseudo_round1.json")):
+        oracle = out / f"seed{seed}" / "pseudo_oracle.json"
+        videos = lambda p: set(json.loads(p.read_text())["database"])  # noqa: E731
+        assert videos(oracle) == videos(out / f"seed{seed}" / main)
+        quality = pseudo_label_quality(oracle, out / f"data_seed{seed}" / "web.json")
+        assert quality["precision@0.5"] == quality["recall@0.5"] == 1.0
+    all_classes = json.loads((out / "data_seed1_all_classes" / "curated_train.json").read_text())
+    split = json.loads((out / "data_seed1" / "split.json").read_text())
+    labels = {s["label"] for v in all_classes["database"].values() for s in v["annotations"]}
+    assert labels & set(split["novel"])  # the ceiling's stage 1 does see novel classes
+
+
+def test_rerun_collects_finished_parts_without_training(study, tmp_path):
+    out, result = study
+    parts = {s: (out / f"seed{s}" / "part.json").stat().st_mtime_ns for s in (0, 1)}
+    again = run_study(out, **ARGS)
+    assert {s: (out / f"seed{s}" / "part.json").stat().st_mtime_ns for s in (0, 1)} == parts
+    assert again["summary"] == json.loads(json.dumps(result["summary"]))
+
+
+def test_only_seed_must_be_one_of_the_seeds(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tal.study", "--out", str(tmp_path), "--seeds", "0,1",
+                           "--only-seed", "5", "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--only-seed 5 is not one of --seeds" in proc.stderr
