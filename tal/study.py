@@ -182,6 +182,7 @@ def _ceilings(cfg, run: Path, paths, all_dir: Path, seed: int, stage1: Path, mai
     (b) stage 1 with human labels for every class (a simulated curated set of the same size, all classes)."""
     import json
 
+    from tal.demo import DEMO_PRESET
     from tal.sim import preset, write_benchmark
 
     oracle = run / "pseudo_oracle.json"
@@ -190,7 +191,7 @@ def _ceilings(cfg, run: Path, paths, all_dir: Path, seed: int, stage1: Path, mai
     n_oracle = len(json.loads(oracle.read_text())["database"])
     result = {"stage2_oracle": stage2_variant(cfg, run / "stage2_oracle", stage1, oracle, n_oracle, labelled,
                                               budget_videos, progress)}
-    sim_cfg, default = preset("small", seed)
+    sim_cfg, default = preset(DEMO_PRESET, seed)
     all_paths = write_benchmark(all_dir, sim_cfg, n_curated_train=(counts or {}).get("curated_train",
                                                                                      default.curated_train),
                                 n_web_unlabeled=0, n_curated_test=0, n_web_test=0, labelled_classes="all",
