@@ -67,3 +67,23 @@ def test_only_seed_must_be_one_of_the_seeds(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tal.study", "--out", str(tmp_path), "--seeds", "0,1",
                            "--only-seed", "5", "--no-progress"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--only-seed 5 is not one of --seeds" in proc.stderr
+
+
+def test_proposal_recall_counts_top_k_matches_per_class_group():
+    from pathlib import Path
+
+    from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation
+    from tal.eval.predictions import Detection
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from proposal_recall import recall_at_k
+
+    gt = AnnotationSet({"v": VideoAnnotation("v", "testing", 100.0, None, [
+        Segment(10, 20, "run"), Segment(40, 50, "swim"), Segment(70, 80, "swim")])})
+    props = {"v": [Detection("action", 0.9, 41, 50), Detection("action", 0.8, 0, 5),
+                   Detection("action", 0.7, 10, 19), Detection("action", 0.1, 70, 80)]}
+    assert recall_at_k(gt, props, ["run"], 3, 0.5) == (1.0, 1)
+    assert recall_at_k(gt, props, ["swim"], 3, 0.5) == (0.5, 2)   # the 4th proposal is outside the top 3
+    assert recall_at_k(gt, props, ["swim"], 4, 0.5) == (1.0, 2)
+    assert recall_at_k(gt, props, ["swim"], 1, 0.95) == (0.0, 2)  # tIoU 0.9 < 0.95
+    assert recall_at_k(gt, {}, ["run"], 10, 0.5) == (0.0, 1)
