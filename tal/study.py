@@ -13,7 +13,8 @@
    human labels for every class, novel ones included (a new simulated curated set of the same size).
 
 Stage 2 trains for the same number of iterations whatever N (the preset's epochs over labelled +
-``--budget-videos`` clips), so the scaling curve measures more data at fixed compute. Everything resumes, and
+``--budget-videos`` clips) and with the same labelled : pseudo mix (that of ``--budget-videos`` web videos), so
+the scaling curve measures more unlabelled videos at fixed compute and mix. Everything resumes, and
 each seed's part can run in its own process (``--only-seed S``) before the plain command collects them.
 Writes ``study.json``, ``study.txt`` and ``study_*.png``; every figure is labelled SIMULATED.
 """
@@ -88,13 +89,14 @@ def pseudo_label_quality(pl_path, gt_path, tiou=(0.3, 0.4, 0.5, 0.6, 0.7)) -> di
 
 
 def stage2_variant(base_cfg, out: Path, stage1: Path, pseudo_file: Path, n_pseudo: int, labelled: int,
-                   budget_videos: int, progress: bool) -> dict:
+                   budget_videos: int, progress: bool, pseudo_ratio: float | None = None) -> dict:
     """Train + evaluate one stage-2 variant (resumable: skipped when its eval.json exists)."""
     import json
 
     eval_path = out / "eval.json"
     if not eval_path.exists():
-        cfg = dataclasses.replace(base_cfg, later_overrides=list(base_cfg.later_overrides)
+        cfg = dataclasses.replace(base_cfg, pseudo_ratio=pseudo_ratio,
+                                  later_overrides=list(base_cfg.later_overrides)
                                   + _epochs_for(base_cfg, n_pseudo, labelled, budget_videos))
         ckpt = train_stage(cfg, out, [pseudo_file], stage1, progress)
         atomic_write_json(eval_path, evaluate_stage(ckpt, cfg))
@@ -112,7 +114,7 @@ def run_study(out, seeds=(0, 1, 2), scale=(0, 250, 1000, 4000), taus=(0.01, 0.05
                     "taus": list(taus), "budget_videos": budget_videos, "per_seed": {}}
     for seed in seeds:
         part = run_seed(out, seed, seeds, scale, taus, sweep_videos, budget_videos, progress, overrides, counts)
-        for key in ("scaling", "tau_sweep"):
+        for key in ("scaling", "tau_sweep", "pseudo_mix"):
             if key in part:
                 result[key] = part.pop(key)
         result["per_seed"][seed] = part
@@ -221,25 +223,31 @@ def _first_seed(cfg, run: Path, paths, scale, taus, sweep_videos, budget_videos,
         pseudo_label_store(cfg.unlabeled_features, stage1, raw, dataclasses.replace(cfg.filter, threshold=tau_min),
                            progress=progress)
 
-    def variant(name: str, tau: float, n: int) -> dict:
-        pl = run / f"pseudo_{name}.json"
+    # Every variant keeps the main comparison's compute *and* its labelled : pseudo mix (the natural proportion
+    # with budget_videos web videos), so N changes only how many different web videos the pseudo clips come from.
+    # (With the natural proportion at fixed compute, N = 4,000 would see each labelled video 4x less often.)
+    mix = budget_videos / (labelled + budget_videos)
+
+    def variant(tau: float, n: int) -> dict:
+        name = f"stage2_n{n}_tau{tau}" + ("" if n == budget_videos else f"_mix{mix:.3f}")
+        pl = run / f"pseudo_n{n}_tau{tau}.json"
         if not pl.exists():
             refilter(raw, pl, dataclasses.replace(cfg.filter, threshold=tau), limit=n)
-        summary = stage2_variant(cfg, run / name, stage1, pl, n, labelled, budget_videos, progress)
+        summary = stage2_variant(cfg, run / name, stage1, pl, n, labelled, budget_videos, progress,
+                                 None if n == budget_videos else mix)
         summary["pseudo_labels"] = json.loads(pl.read_text())["provenance"]["segments"]
         summary["pseudo_quality"] = pseudo_label_quality(pl, paths["web_annotations"])
         return summary
 
-    main_name = f"stage2_n{budget_videos}_tau{cfg.filter.threshold}"
-    main = variant(main_name, cfg.filter.threshold, budget_videos)
-    part = {"scaling": {0: stage1_report["stage1"]}}
+    main = variant(cfg.filter.threshold, budget_videos)
+    part = {"scaling": {0: stage1_report["stage1"]}, "pseudo_mix": mix}
     for n in scale:
         if n > 0:
-            part["scaling"][n] = variant(f"stage2_n{n}_tau{cfg.filter.threshold}", cfg.filter.threshold, n)
-    part["tau_sweep"] = {tau: variant(f"stage2_n{sweep_videos}_tau{tau}", tau, sweep_videos) for tau in taus}
+            part["scaling"][n] = variant(cfg.filter.threshold, n)
+    part["tau_sweep"] = {tau: variant(tau, sweep_videos) for tau in taus}
     report = {"stage1": stage1_report["stage1"], "stage2": main, "counts": {
         "labeled_videos": labelled, "pseudo_labels": {"round1.pseudo": main["pseudo_labels"]}}}
-    return report, part, run / f"pseudo_{main_name}.json"
+    return report, part, run / f"pseudo_n{budget_videos}_tau{cfg.filter.threshold}.json"
 
 
 COLUMNS = [("stage1", "stage 1"), ("stage2", "stage 2"), ("delta", "Δ (2-1)"),

@@ -33,6 +33,14 @@ def test_study_reports_stages_scaling_sweep_and_ceilings(study):
     # the scaling files are nested: more videos, at least as many pseudo-labels
     counts = [result["scaling"][n]["pseudo_labels"] for n in (4, 8)]
     assert counts[0] <= counts[1]
+    # variants other than the main one keep its labelled : pseudo mix (6 web : 8 labelled), at the same compute
+    import yaml
+
+    assert result["pseudo_mix"] == pytest.approx(6 / 14)
+    mixed = yaml.safe_load((out / "seed0" / "stage2_n8_tau0.05_mix0.429" / "config.yaml").read_text())
+    assert mixed["data"]["pseudo_ratio"] == pytest.approx(6 / 14)
+    main = yaml.safe_load((out / "seed0" / "stage2_n6_tau0.05" / "config.yaml").read_text())
+    assert main["data"]["pseudo_ratio"] is None
     # a higher τ keeps fewer pseudo-labels
     assert result["tau_sweep"][0.4]["pseudo_labels"] <= result["tau_sweep"][0.05]["pseudo_labels"]
     text = (out / "study.txt").read_text()
@@ -43,7 +51,7 @@ def test_study_reports_stages_scaling_sweep_and_ceilings(study):
 
 def test_oracle_pseudo_labels_are_the_hidden_truth_of_the_same_videos(study):
     out, _ = study
-    for seed, main in ((0, "pseudo_stage2_n6_tau0.05.json"), (1, "pseudo_round1.json")):
+    for seed, main in ((0, "pseudo_n6_tau0.05.json"), (1, "pseudo_round1.json")):
         oracle = out / f"seed{seed}" / "pseudo_oracle.json"
         videos = lambda p: set(json.loads(p.read_text())["database"])  # noqa: E731
         assert videos(oracle) == videos(out / f"seed{seed}" / main)
