@@ -283,20 +283,21 @@ def format_study(result: dict) -> str:
         cell = lambda r: f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"  # noqa: E731
         lines.append(f"{label:<22}" + "".join(f"{cell(row[k]):>21}" for k, _ in columns))
     if "scaling" in result:
-        lines += ["", f"scaling (seed {result['seeds'][0]}): novel mAP (generalized / novel-only) "
-                      "over unlabelled videos"]
+        mix = f", {100 * result['pseudo_mix']:.0f} % pseudo-labelled clips" if "pseudo_mix" in result else ""
+        lines += ["", f"scaling (seed {result['seeds'][0]}; stage 2 at fixed compute{mix}): "
+                      "novel (gen.) / novel-only / base / cross-domain mAP over unlabelled videos"]
         for n, s in sorted(result["scaling"].items(), key=lambda kv: int(kv[0])):
-            lines.append(f"  N = {int(n):>6}: {100 * _get(s, ('generalized', 'novel')):6.2f} / "
-                         f"{100 * _get(s, ('novel_only',)):6.2f}")
+            lines.append(f"  N = {int(n):>6}: " + " / ".join(f"{100 * _get(s, keys):6.2f}" for keys in (
+                ("generalized", "novel"), ("novel_only",), ("generalized", "base"), ("cross_domain",))))
     if "tau_sweep" in result:
-        lines += ["", f"τ sweep (seed {result['seeds'][0]}): novel (gen.) / novel-only / base mAP; pseudo-labels: "
-                      "count, precision@0.5, recall@0.5 against the hidden web truth"]
+        lines += ["", f"τ sweep (seed {result['seeds'][0]}): novel (gen.) / novel-only / base / cross-domain mAP; "
+                      "pseudo-labels: count, precision@0.5, recall@0.5 against the hidden web truth"]
         for tau, s in sorted(result["tau_sweep"].items(), key=lambda kv: float(kv[0])):
             q = s.get("pseudo_quality", {})
-            lines.append(f"  τ = {float(tau):<5}: {100 * _get(s, ('generalized', 'novel')):6.2f} / "
-                         f"{100 * _get(s, ('novel_only',)):6.2f} / {100 * _get(s, ('generalized', 'base')):6.2f}; "
-                         f"{s.get('pseudo_labels')}, {q.get('precision@0.5', float('nan')):.2f}, "
-                         f"{q.get('recall@0.5', float('nan')):.2f}")
+            lines.append(f"  τ = {float(tau):<5}: " + " / ".join(f"{100 * _get(s, keys):6.2f}" for keys in (
+                ("generalized", "novel"), ("novel_only",), ("generalized", "base"), ("cross_domain",)))
+                + f"; {s.get('pseudo_labels')}, {q.get('precision@0.5', float('nan')):.2f}, "
+                  f"{q.get('recall@0.5', float('nan')):.2f}")
     if "elapsed_s" in result:
         lines += ["", f"run time: {result['elapsed_s'] / 60:.1f} min"]
     return "\n".join(lines)
@@ -334,7 +335,8 @@ def plot_study(result: dict, out: Path) -> None:
         xs = [fmt(k) for k, _ in items]
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, keys in (("novel (generalized)", ("generalized", "novel")), ("novel-only", ("novel_only",)),
-                            ("base (generalized)", ("generalized", "base"))):
+                            ("base (generalized)", ("generalized", "base")),
+                            ("cross-domain (web)", ("cross_domain",))):
             ax.plot(xs, [100 * _get(s, keys) for _, s in items], marker="o", label=label)
         if key == "scaling":
             ax.set_xscale("symlog", linthresh=100)
@@ -347,8 +349,50 @@ def plot_study(result: dict, out: Path) -> None:
         save(fig, name)
 
 
+def run_parts_in_parallel(out: Path, seeds, jobs: int, argv: list[str]) -> None:
+    """Each seed's part in its own ``--only-seed`` process, ``jobs`` at a time (the first seed, the longest, first)."""
+    import subprocess
+    import sys
+
+    out.mkdir(parents=True, exist_ok=True)
+    pending, running = list(seeds), {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            seed = pending.pop(0)
+            log_path = out / f"seed{seed}.log"
+            log.info("seed %d: running in its own process, log %s", seed, log_path)
+            with open(log_path, "a") as fh:
+                running[seed] = subprocess.Popen([sys.executable, "-m", "tal.study", *argv, "--only-seed", str(seed)],
+                                                 stdout=fh, stderr=subprocess.STDOUT)
+        seed, code = _wait_any(running)
+        if code != 0:
+            for proc in running.values():
+                proc.terminate()
+            raise click.ClickException(f"seed {seed} failed (exit {code}); see {out / f'seed{seed}.log'}")
+
+
+def _wait_any(running: dict) -> tuple[int, int]:
+    while True:
+        for seed, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[seed]
+                return seed, proc.returncode
+        time.sleep(1.0)
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _sizes(text: str) -> dict:
+    sizes = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, _, value = item.partition("=")
+        if name not in ("curated_train", "curated_test", "web_test") or not value.isdigit() or int(value) < 1:
+            raise click.BadParameter(f"{item!r}: expected curated_train|curated_test|web_test=N (N >= 1)",
+                                     param_hint="--sizes")
+        sizes[name] = int(value)
+    return sizes
 
 
 def _floats(text: str) -> list[float]:
@@ -363,13 +407,18 @@ def _floats(text: str) -> list[float]:
 @click.option("--sweep-videos", default=1000, show_default=True, type=click.IntRange(min=1))
 @click.option("--budget-videos", default=400, show_default=True, type=click.IntRange(min=1),
               help="Stage 2's compute: the preset's epochs over labelled + this many clips.")
+@click.option("--sizes", default="", metavar="SPLIT=N,...",
+              help="Other simulated sizes (curated_train, curated_test, web_test), e.g. for a quick smoke run.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="tal-train override, every stage.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch CPU threads.")
 @click.option("--only-seed", type=int, default=None,
               help="Run just this seed's part (one of --seeds), e.g. one process per seed; the plain command then "
                    "collects the finished parts.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Seeds run in parallel, one process each (logs in OUT/seed<S>.log); 2 on a 2-core machine.")
 @click.option("--no-progress", is_flag=True)
-def main(out, seeds, scale, taus, sweep_videos, budget_videos, overrides, threads, only_seed, no_progress):
+def main(out, seeds, scale, taus, sweep_videos, budget_videos, sizes, overrides, threads, only_seed, jobs,
+         no_progress):
     """Three-seed self-training study on SIMULATED data; writes study.json, study.txt and plots."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if threads:
@@ -378,16 +427,23 @@ def main(out, seeds, scale, taus, sweep_videos, budget_videos, overrides, thread
         torch.set_num_threads(threads)
     from tal.cli.selftrain import _errors
 
-    seeds, scale, taus = _ints(seeds), _ints(scale), _floats(taus)
+    seeds, scale, taus, counts = _ints(seeds), _ints(scale), _floats(taus), _sizes(sizes)
     if only_seed is not None and only_seed not in seeds:
         raise click.UsageError(f"--only-seed {only_seed} is not one of --seeds {seeds}")
     try:
         if only_seed is not None:
-            run_seed(out, only_seed, seeds, scale, taus, sweep_videos, budget_videos, not no_progress, overrides)
+            run_seed(out, only_seed, seeds, scale, taus, sweep_videos, budget_videos, not no_progress, overrides,
+                     counts)
             click.echo(f"seed {only_seed} done: {Path(out) / f'seed{only_seed}' / 'part.json'}")
             return
+        if jobs > 1:
+            argv = ["--out", out, "--seeds", ",".join(map(str, seeds)), "--scale", ",".join(map(str, scale)),
+                    "--taus", ",".join(map(str, taus)), "--sweep-videos", str(sweep_videos),
+                    "--budget-videos", str(budget_videos), "--sizes", sizes, "--threads", str(threads),
+                    "--no-progress"]
+            run_parts_in_parallel(Path(out), seeds, jobs, argv + [a for o in overrides for a in ("--set", o)])
         result = run_study(out, seeds, scale, taus, sweep_videos, budget_videos, progress=not no_progress,
-                           overrides=overrides)
+                           overrides=overrides, counts=counts)
     except _errors() as e:
         raise click.ClickException(str(e)) from None
     click.echo(format_study(result))

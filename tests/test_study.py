@@ -95,3 +95,23 @@ def test_proposal_recall_counts_top_k_matches_per_class_group():
     assert recall_at_k(gt, props, ["swim"], 4, 0.5) == (1.0, 2)
     assert recall_at_k(gt, props, ["swim"], 1, 0.95) == (0.0, 2)  # tIoU 0.9 < 0.95
     assert recall_at_k(gt, {}, ["run"], 10, 0.5) == (0.0, 1)
+
+
+def test_cli_runs_seeds_in_parallel_processes_then_collects(tmp_path):
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "tal.study", "--out", str(out), "--seeds", "4,5", "--scale", "0,4", "--taus", "0.2",
+           "--sweep-videos", "4", "--budget-videos", "4", "--sizes", "curated_train=6,curated_test=4,web_test=4",
+           "--jobs", "2", "--no-progress"] + [a for item in TINY_SETS for a in ("--set", item)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(out / "study.json")
+    result = json.loads((out / "study.json").read_text())
+    assert set(result["per_seed"]) == {"4", "5"} and "summary" in result
+    for seed in (4, 5):
+        assert "done" in (out / f"seed{seed}.log").read_text()  # each seed ran in its own process
+
+
+def test_bad_sizes_are_a_usage_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tal.study", "--out", str(tmp_path), "--sizes", "web=5"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--sizes" in proc.stderr and "'web=5'" in proc.stderr
