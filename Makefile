@@ -38,7 +38,7 @@ demo: $(VENV)
 	$(PY) -m tal.demo --out $(OUT) --seed $(SEED)
 
 study: $(VENV)
-	$(PY) -m tal.study --out study_out
+	$(PY) -m tal.study --out study_out --jobs 2
 
 selftrain: $(VENV)
 	.venv/bin/tal-selftrain $(ARGS)

@@ -36,6 +36,7 @@ class DataConfig:
     skip_missing: bool = False  # annotated videos absent from every store: skip (True) or error (False)
     pseudo_ratio: float | None = None  # fraction of pseudo-labelled clips per epoch; None = natural proportion
     pseudo_weight: str = "score"  # per-segment weight of pseudo-labels in the loss: their score or 1
+    epoch_clips: int | None = None  # clips per epoch (drawn at pseudo_ratio or the natural one); None = every clip
 
     def validate(self):
         if self.mode not in MODES:
@@ -49,6 +50,8 @@ class DataConfig:
                 raise ConfigError(f"data.crop_ratio must be [lo, hi] with 0 < lo <= hi <= 1, got {self.crop_ratio}")
         if self.pseudo_ratio is not None and not 0 <= self.pseudo_ratio <= 1:
             raise ConfigError(f"data.pseudo_ratio must be in [0, 1], got {self.pseudo_ratio}")
+        if self.epoch_clips is not None and self.epoch_clips < 1:
+            raise ConfigError(f"data.epoch_clips must be >= 1, got {self.epoch_clips}")
         if self.pseudo_weight in (1, "1", "1.0"):
             self.pseudo_weight = "1"
         if self.pseudo_weight not in PSEUDO_WEIGHTS:

@@ -46,17 +46,6 @@ def _get(summary: dict, keys) -> float:
     return float(v)
 
 
-def _epochs_for(cfg, n_pseudo: int, labelled: int, budget_videos: int) -> list[str]:
-    """Stage-2 overrides keeping its clip count at (labelled + budget_videos) × its configured epochs."""
-    from tal.config import load_config
-
-    run = load_config(cfg.preset, list(cfg.overrides) + list(cfg.later_overrides))
-    total = run.train.total_epochs * (labelled + budget_videos)
-    epochs = max(1, round(total / (labelled + n_pseudo)))
-    warm = min(run.train.warmup_epochs, max(0, epochs - 1))
-    return [f"train.epochs={epochs - warm}", f"train.warmup_epochs={warm}"]
-
-
 def pseudo_label_quality(pl_path, gt_path, tiou=(0.3, 0.4, 0.5, 0.6, 0.7)) -> dict:
     """How good are the pseudo-labels? Scored as agnostic detections against the web videos' hidden truth
     (the simulation knows it; a real run would not): average mAP, and recall / precision at tIoU 0.5."""
@@ -88,16 +77,16 @@ def pseudo_label_quality(pl_path, gt_path, tiou=(0.3, 0.4, 0.5, 0.6, 0.7)) -> di
             "precision@0.5": hits_pl / max(n_pl, 1), "pseudo_labels": n_pl, "true_actions": n_gt}
 
 
-def stage2_variant(base_cfg, out: Path, stage1: Path, pseudo_file: Path, n_pseudo: int, labelled: int,
-                   budget_videos: int, progress: bool, pseudo_ratio: float | None = None) -> dict:
-    """Train + evaluate one stage-2 variant (resumable: skipped when its eval.json exists)."""
+def stage2_variant(base_cfg, out: Path, stage1: Path, pseudo_file: Path, progress: bool,
+                   fixed: tuple[float, int] | None = None) -> dict:
+    """Train + evaluate one stage-2 variant (resumable: skipped when its eval.json exists). ``fixed`` =
+    (pseudo-labelled fraction, clips per epoch) pins the mix and the compute to the main comparison's."""
     import json
 
     eval_path = out / "eval.json"
     if not eval_path.exists():
-        cfg = dataclasses.replace(base_cfg, pseudo_ratio=pseudo_ratio,
-                                  later_overrides=list(base_cfg.later_overrides)
-                                  + _epochs_for(base_cfg, n_pseudo, labelled, budget_videos))
+        extra = [] if fixed is None else [f"data.pseudo_ratio={fixed[0]}", f"data.epoch_clips={fixed[1]}"]
+        cfg = dataclasses.replace(base_cfg, later_overrides=list(base_cfg.later_overrides) + extra)
         ckpt = train_stage(cfg, out, [pseudo_file], stage1, progress)
         atomic_write_json(eval_path, evaluate_stage(ckpt, cfg))
     return summarize(json.loads(eval_path.read_text()))
@@ -114,7 +103,7 @@ def run_study(out, seeds=(0, 1, 2), scale=(0, 250, 1000, 4000), taus=(0.01, 0.05
                     "taus": list(taus), "budget_videos": budget_videos, "per_seed": {}}
     for seed in seeds:
         part = run_seed(out, seed, seeds, scale, taus, sweep_videos, budget_videos, progress, overrides, counts)
-        for key in ("scaling", "tau_sweep", "pseudo_mix"):
+        for key in ("scaling", "tau_sweep", "pseudo_mix", "epoch_clips"):
             if key in part:
                 result[key] = part.pop(key)
         result["per_seed"][seed] = part
@@ -157,7 +146,7 @@ def run_seed(out, seed: int, seeds, scale, taus, sweep_videos: int, budget_video
     part.update(stage1=report["stage1"], stage2=report["stage2"], pseudo_labels=report["counts"]["pseudo_labels"],
                 pseudo_quality=report["stage2"]["pseudo_quality"])
     part["ceilings"] = _ceilings(cfg, run, paths, out / f"data_seed{seed}_all_classes", seed, stage1, main_pl,
-                                 report["counts"]["labeled_videos"], budget_videos, counts, progress)
+                                 counts, progress)
     atomic_write_json(done, part)
     return part
 
@@ -178,8 +167,8 @@ def oracle_pseudo_labels(gt_path, like, out) -> Path:
     return Path(out)
 
 
-def _ceilings(cfg, run: Path, paths, all_dir: Path, seed: int, stage1: Path, main_pl: Path, labelled: int,
-              budget_videos: int, counts, progress) -> dict:
+def _ceilings(cfg, run: Path, paths, all_dir: Path, seed: int, stage1: Path, main_pl: Path, counts,
+              progress) -> dict:
     """The best self-training could do here: (a) stage 2 on perfect pseudo-labels, same videos and compute;
     (b) stage 1 with human labels for every class (a simulated curated set of the same size, all classes)."""
     import json
@@ -190,9 +179,7 @@ def _ceilings(cfg, run: Path, paths, all_dir: Path, seed: int, stage1: Path, mai
     oracle = run / "pseudo_oracle.json"
     if not oracle.exists():
         oracle_pseudo_labels(paths["web_annotations"], main_pl, oracle)
-    n_oracle = len(json.loads(oracle.read_text())["database"])
-    result = {"stage2_oracle": stage2_variant(cfg, run / "stage2_oracle", stage1, oracle, n_oracle, labelled,
-                                              budget_videos, progress)}
+    result = {"stage2_oracle": stage2_variant(cfg, run / "stage2_oracle", stage1, oracle, progress)}
     sim_cfg, default = preset(DEMO_PRESET, seed)
     all_paths = write_benchmark(all_dir, sim_cfg, n_curated_train=(counts or {}).get("curated_train",
                                                                                      default.curated_train),
@@ -223,24 +210,23 @@ def _first_seed(cfg, run: Path, paths, scale, taus, sweep_videos, budget_videos,
         pseudo_label_store(cfg.unlabeled_features, stage1, raw, dataclasses.replace(cfg.filter, threshold=tau_min),
                            progress=progress)
 
-    # Every variant keeps the main comparison's compute *and* its labelled : pseudo mix (the natural proportion
-    # with budget_videos web videos), so N changes only how many different web videos the pseudo clips come from.
-    # (With the natural proportion at fixed compute, N = 4,000 would see each labelled video 4x less often.)
-    mix = budget_videos / (labelled + budget_videos)
+    # Every variant keeps the main comparison's epochs, clips per epoch and labelled : pseudo mix (the natural
+    # proportion of budget_videos web videos), so N changes only how many different web videos the pseudo clips
+    # come from. (With the natural proportion, N = 4,000 would see each labelled video 8x less often.)
+    fixed = (budget_videos / (labelled + budget_videos), labelled + budget_videos)
 
     def variant(tau: float, n: int) -> dict:
-        name = f"stage2_n{n}_tau{tau}" + ("" if n == budget_videos else f"_mix{mix:.3f}")
+        name = f"stage2_n{n}_tau{tau}" + ("" if n == budget_videos else f"_mix{fixed[0]:.3f}_clips{fixed[1]}")
         pl = run / f"pseudo_n{n}_tau{tau}.json"
         if not pl.exists():
             refilter(raw, pl, dataclasses.replace(cfg.filter, threshold=tau), limit=n)
-        summary = stage2_variant(cfg, run / name, stage1, pl, n, labelled, budget_videos, progress,
-                                 None if n == budget_videos else mix)
+        summary = stage2_variant(cfg, run / name, stage1, pl, progress, None if n == budget_videos else fixed)
         summary["pseudo_labels"] = json.loads(pl.read_text())["provenance"]["segments"]
         summary["pseudo_quality"] = pseudo_label_quality(pl, paths["web_annotations"])
         return summary
 
     main = variant(cfg.filter.threshold, budget_videos)
-    part = {"scaling": {0: stage1_report["stage1"]}, "pseudo_mix": mix}
+    part = {"scaling": {0: stage1_report["stage1"]}, "pseudo_mix": fixed[0], "epoch_clips": fixed[1]}
     for n in scale:
         if n > 0:
             part["scaling"][n] = variant(cfg.filter.threshold, n)

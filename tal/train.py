@@ -311,7 +311,7 @@ def _train(cfg, inputs, run_dir, dist, resume, init_from, init_ema_from, progres
             model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
 
     sampler = epoch_sampler([r.pseudo for r in dataset.records], cfg.data.pseudo_ratio, seed=seed,
-                            num_replicas=dist.world, rank=dist.rank)
+                            num_replicas=dist.world, rank=dist.rank, epoch_clips=cfg.data.epoch_clips)
     collate = PadCollate(cfg.model.max_stride, min_len=cfg.max_seq_len)
     steps_per_epoch = math.ceil(len(sampler) / cfg.train.batch_size)
     total_steps = cfg.train.total_epochs * steps_per_epoch

@@ -211,6 +211,17 @@ def test_mixing_sampler_proportions_and_sharding():
     assert list(s) != list(MixingSampler(flags, 0.25, seed=4))  # a new order every epoch
 
 
+def test_fixed_epoch_size_keeps_compute_and_mix_whatever_the_pool():
+    for n_pseudo in (40, 400):  # more unlabelled videos, same clips per epoch and same mix
+        flags = [False] * 12 + [True] * n_pseudo
+        order = list(epoch_sampler(flags, 0.75, seed=0, epoch_clips=52))
+        assert len(order) == 52 and sum(flags[i] for i in order) == 39
+        assert len({i for i in order if flags[i]}) == 39  # pseudo clips drawn without repeats while they last
+    flags = [False] * 10 + [True] * 30
+    natural = list(epoch_sampler(flags, None, seed=0, epoch_clips=20))  # size only: natural proportion
+    assert len(natural) == 20 and sum(flags[i] for i in natural) == 15
+
+
 def test_natural_proportion_sees_every_clip_once_per_epoch():
     flags = [False] * 7 + [True] * 13
     shards = [list(epoch_sampler(flags, None, seed=0, num_replicas=2, rank=r)) for r in (0, 1)]

@@ -37,8 +37,8 @@ def test_study_reports_stages_scaling_sweep_and_ceilings(study):
     import yaml
 
     assert result["pseudo_mix"] == pytest.approx(6 / 14)
-    mixed = yaml.safe_load((out / "seed0" / "stage2_n8_tau0.05_mix0.429" / "config.yaml").read_text())
-    assert mixed["data"]["pseudo_ratio"] == pytest.approx(6 / 14)
+    mixed = yaml.safe_load((out / "seed0" / "stage2_n8_tau0.05_mix0.429_clips14" / "config.yaml").read_text())
+    assert mixed["data"]["pseudo_ratio"] == pytest.approx(6 / 14) and mixed["data"]["epoch_clips"] == 14
     main = yaml.safe_load((out / "seed0" / "stage2_n6_tau0.05" / "config.yaml").read_text())
     assert main["data"]["pseudo_ratio"] is None
     # a higher τ keeps fewer pseudo-labels
