@@ -38,3 +38,12 @@ def real_videos():
     if not videos:
         pytest.skip("no real sample videos found")
     return videos
+
+
+def videos_named(real_videos, *stems: str) -> dict:
+    """{stem: path} of named real videos; skips (not fails) where one is absent, e.g. without ../shared/data."""
+    found = {p.stem: p for p in real_videos if p.stem in stems}
+    missing = [s for s in stems if s not in found]
+    if missing:
+        pytest.skip(f"real video(s) {', '.join(missing)} not found (../shared/data)")
+    return found

@@ -2,7 +2,6 @@
 
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from hypothesis import strategies as st
 from features.decode import (DecodeError, VideoSource, nearest_frames, num_snippets, num_target_frames,
                              plan_snippets, window_offsets)
 from features.store import Grid
+from conftest import videos_named
 
 GRID = Grid(fps=30.0, window=16, stride=4, frame_step=4)
 
@@ -96,17 +96,9 @@ def test_grid_matches_decord_timestamps(real_videos):
         _check_plan_against_decord(path, GRID)
 
 
-def _video(real_videos, stem: str) -> Path:
-    """One of the shared real videos by name; skips (not fails) where ../shared/data is absent."""
-    found = [p for p in real_videos if p.stem == stem]
-    if not found:
-        pytest.skip(f"real video {stem} (../shared/data) not found")
-    return found[0]
-
-
 def test_low_fps_source_repeats_frames_and_encodes_them_once(real_videos):
     # v_GGSY1Qvo990 is 19.62 fps: several 30 fps target frames share one source frame.
-    path = _video(real_videos, "v_GGSY1Qvo990")
+    path = videos_named(real_videos, "v_GGSY1Qvo990")["v_GGSY1Qvo990"]
     source, plan = _check_plan_against_decord(path, Grid(fps=30.0, window=16, stride=4, frame_step=1))
     assert source.fps == pytest.approx(19.62, abs=0.01)
     used = plan.source_frames[plan.slots]
@@ -114,14 +106,14 @@ def test_low_fps_source_repeats_frames_and_encodes_them_once(real_videos):
 
 
 def test_other_target_fps(real_videos):
-    path = _video(real_videos, "tennis26")
+    path = videos_named(real_videos, "tennis26")["tennis26"]
     _, plan = _check_plan_against_decord(path, Grid(fps=10.0, window=8, stride=2, frame_step=2))
     assert plan.target_frames.shape[1] == 4
 
 
 @pytest.fixture
 def bad_files(tmp_path, real_videos):
-    good = _video(real_videos, "v_GGSY1Qvo990")
+    good = videos_named(real_videos, "v_GGSY1Qvo990")["v_GGSY1Qvo990"]
     data = good.read_bytes()
     (tmp_path / "zero.mp4").write_bytes(b"")
     (tmp_path / "text.mp4").write_text("this is not a video\n")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import videos_named
 
 from features.encoders import EncoderError, load_encoder
 from features.extract import ExtractOptions, collect_videos, extract_videos
@@ -69,6 +70,8 @@ def test_sigkill_then_resume_is_bit_identical(setup):
     store = setup["root"] / "killed.zarr"
     cmd = [str(BIN / "tal-extract"), *cli_args(setup, store)]
     total = len(list(setup["videos"].iterdir()))
+    if total < 6:  # two kills must land between videos: too few (short) videos finish first
+        pytest.skip(f"only {total} real videos (../shared/data absent?)")
     seen = 0
     for kill in range(2):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -111,7 +114,7 @@ def test_two_shards_at_once_then_merge(setup):
 def bad_dir(setup, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
-    real = {p.stem: p for p in setup["videos"].iterdir()}
+    real = videos_named(list(setup["videos"].iterdir()), "tennis26", "carphone_distorted", "v_GGSY1Qvo990")
     (folder / "good.mp4").symlink_to(real["tennis26"].resolve())
     (folder / "short.mp4").symlink_to(real["carphone_distorted"].resolve())   # 4 s < one 128-frame window
     (folder / "zero.mp4").write_bytes(b"")
