@@ -25,6 +25,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from tal.atomic import atomic_open
+from tal.eval.detection import tiou_matrix
 from tal.atomic import atomic_write_json as _atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -63,16 +64,9 @@ class FilterResult:
     fell_back: bool  # True when the threshold kept nothing and the top-1 was kept instead
 
 
-def _pairwise_tiou(segments: np.ndarray) -> np.ndarray:
-    start, end = segments[:, 0], segments[:, 1]
-    inter = np.clip(np.minimum(end[:, None], end[None, :]) - np.maximum(start[:, None], start[None, :]), 0, None)
-    union = (end - start)[:, None] + (end - start)[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
 def _dedup_mask(segments: np.ndarray, iou: float) -> np.ndarray:
     """Greedy: walk segments in score order, drop any with tIoU >= iou against an already kept one."""
-    tiou = _pairwise_tiou(segments)
+    tiou = tiou_matrix(segments, segments)
     keep = np.ones(len(segments), dtype=bool)
     for i in range(len(segments)):
         if keep[i]:

@@ -50,7 +50,7 @@ def pseudo_label_quality(pl_path, gt_path, tiou=(0.3, 0.4, 0.5, 0.6, 0.7)) -> di
     """How good are the pseudo-labels? Scored as agnostic detections against the web videos' hidden truth
     (the simulation knows it; a real run would not): average mAP, and recall / precision at tIoU 0.5."""
     from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation, load_annotations
-    from tal.eval.detection import evaluate_detection
+    from tal.eval.detection import evaluate_detection, tiou_matrix
     from tal.eval.predictions import Detection
 
     gt = load_annotations(gt_path)
@@ -66,13 +66,9 @@ def pseudo_label_quality(pl_path, gt_path, tiou=(0.3, 0.4, 0.5, 0.6, 0.7)) -> di
         g = np.array([[s.start, s.end] for s in video.segments]).reshape(-1, 2)
         p = np.array([[d.start, d.end] for d in preds[vid]]).reshape(-1, 2)
         n_gt, n_pl = n_gt + len(g), n_pl + len(p)
-        if len(g) and len(p):
-            inter = np.clip(np.minimum(g[:, None, 1], p[None, :, 1]) - np.maximum(g[:, None, 0], p[None, :, 0]),
-                            0, None)
-            union = (g[:, 1] - g[:, 0])[:, None] + (p[:, 1] - p[:, 0])[None, :] - inter
-            ok = inter / np.maximum(union, 1e-9) >= 0.5
-            hits_gt += int(ok.any(axis=1).sum())
-            hits_pl += int(ok.any(axis=0).sum())
+        ok = tiou_matrix(g, p) >= 0.5  # [0, M] or [N, 0] when a side is empty: no hits
+        hits_gt += int(ok.any(axis=1).sum())
+        hits_pl += int(ok.any(axis=0).sum())
     return {"average_mAP": float(report.average_mAP), "recall@0.5": hits_gt / max(n_gt, 1),
             "precision@0.5": hits_pl / max(n_pl, 1), "pseudo_labels": n_pl, "true_actions": n_gt}
 

@@ -20,6 +20,8 @@ import numpy as np
 def recall_at_k(gt, proposals: dict, labels, k: int, tiou: float) -> tuple[float, int]:
     """Fraction of ``gt`` instances with a label in ``labels`` matched (tIoU ≥ ``tiou``) by one of the top-k
     proposals of their video; and how many instances that is."""
+    from tal.eval.detection import tiou_matrix
+
     labels = set(labels)
     hit = total = 0
     for vid, video in gt.videos.items():
@@ -27,11 +29,7 @@ def recall_at_k(gt, proposals: dict, labels, k: int, tiou: float) -> tuple[float
         top = sorted(proposals.get(vid, []), key=lambda d: -d.score)[:k]
         p = np.array([[d.start, d.end] for d in top], np.float64).reshape(-1, 2)
         total += len(g)
-        if len(g) and len(p):
-            inter = np.clip(np.minimum(g[:, None, 1], p[None, :, 1]) - np.maximum(g[:, None, 0], p[None, :, 0]),
-                            0, None)
-            union = (g[:, 1] - g[:, 0])[:, None] + (p[:, 1] - p[:, 0])[None, :] - inter
-            hit += int((inter / np.maximum(union, 1e-9) >= tiou).any(axis=1).sum())
+        hit += int((tiou_matrix(g, p) >= tiou).any(axis=1).sum())
     return hit / max(total, 1), total
 
 

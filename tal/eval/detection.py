@@ -182,6 +182,12 @@ def segment_iou_pairs(ps, pe, gs, ge) -> np.ndarray:
     return np.where(union > 0, iou, 0.0)
 
 
+def tiou_matrix(a, b) -> np.ndarray:
+    """tIoU [N, M] of segments a [N, 2] against b [M, 2] (start, end), with the arithmetic of segment_iou_pairs."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 2), np.asarray(b, np.float64).reshape(-1, 2)
+    return segment_iou_pairs(a[:, None, 0], a[:, None, 1], b[None, :, 0], b[None, :, 1])
+
+
 def _candidate_pairs(gt: GroundTruthArrays, preds: PredictionArrays, min_tiou: float):
     """All (detection, instance) pairs of the same video and class with tIoU >= min_tiou, ordered by
     detection rank, then descending tIoU, then descending instance index."""
