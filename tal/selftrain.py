@@ -251,14 +251,11 @@ def _check_inputs(cfg: SelfTrainConfig) -> None:
 
 
 def _pseudo_counts(path: Path) -> dict:
-    prov = _read_provenance(path)
+    """The counts tal-pseudo recorded in the file's provenance (read as JSON: no need to parse every segment)."""
+    from tal.data.annotations import read_json
+
+    prov = read_json(path).get("provenance") or {}
     return {k: prov.get(k) for k in ("videos", "segments", "fallback_videos", "empty_videos", "threshold")}
-
-
-def _read_provenance(path: Path) -> dict:
-    from tal.data.annotations import load_annotations
-
-    return dict(load_annotations(path).provenance)
 
 
 def _count_videos(paths) -> int:
