@@ -276,6 +276,15 @@ def make_tiny_store(path, world, n_videos, classes, seed, rows=(40, 64), prefix=
     return videos
 
 
+def make_labelled_and_web(root, n_web: int) -> dict:
+    """24 labelled videos of base classes (lab.zarr/.json), n_web unlabelled ones (web.zarr), split.json."""
+    world = tiny_world()
+    make_tiny_store(root / "lab.zarr", world, 24, TINY_SPLIT["base"], seed=1, ann_path=root / "lab.json")
+    make_tiny_store(root / "web.zarr", world, n_web, TINY_CLASSES, seed=2, prefix="w")
+    (root / "split.json").write_text(json.dumps(TINY_SPLIT))
+    return world
+
+
 @pytest.fixture(scope="module")
 def tiny_stage1(tmp_path_factory):
     """A labelled store, an unlabelled store and a stage-1 agnostic checkpoint trained on base classes."""
@@ -283,10 +292,7 @@ def tiny_stage1(tmp_path_factory):
     from tal.train import TrainInputs, train
 
     root = tmp_path_factory.mktemp("tiny")
-    world = tiny_world()
-    make_tiny_store(root / "lab.zarr", world, 24, TINY_SPLIT["base"], seed=1, ann_path=root / "lab.json")
-    make_tiny_store(root / "web.zarr", world, 30, TINY_CLASSES, seed=2, prefix="w")
-    json.dump(TINY_SPLIT, open(root / "split.json", "w"))
+    world = make_labelled_and_web(root, n_web=30)
     cfg = load_config("small", TINY_SETS + ["data.mode=agnostic"])
     ckpt = train(cfg, TrainInputs([str(root / "lab.zarr")], [str(root / "lab.json")]), root / "stage1", progress=False)
     return root, world, ckpt

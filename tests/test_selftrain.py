@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from test_pseudo import TINY_CLASSES, TINY_SETS, TINY_SPLIT, make_tiny_store, tiny_world
+from test_pseudo import TINY_CLASSES, TINY_SETS, make_labelled_and_web, make_tiny_store
 
 from tal.pseudo import FilterConfig
 from tal.selftrain import SelfTrainConfig, SelfTrainError, EvalSet, format_table, run_selftrain
@@ -27,14 +27,11 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("st_data")
-    world = tiny_world()
-    make_tiny_store(root / "lab.zarr", world, 24, TINY_SPLIT["base"], seed=1, ann_path=root / "lab.json")
-    make_tiny_store(root / "web.zarr", world, 32, TINY_CLASSES, seed=2, prefix="w")
+    world = make_labelled_and_web(root, n_web=32)
     make_tiny_store(root / "test.zarr", world, 12, TINY_CLASSES, seed=3, prefix="t", ann_path=root / "test.json",
                     subset="testing", vocab=True)
     make_tiny_store(root / "webtest.zarr", world, 12, TINY_CLASSES, seed=4, prefix="x",
                     ann_path=root / "webtest.json", subset="testing", vocab=True)
-    (root / "split.json").write_text(json.dumps(TINY_SPLIT))
     return root
 
 
