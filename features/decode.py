@@ -24,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from features.errors import StovtalError
+
 # Extensions picked up when a directory is scanned for videos.
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
 
 
-class DecodeError(Exception):
+class DecodeError(StovtalError):
     """A video that cannot be used; the message is the one-line reason recorded in the failure log."""
 
 

@@ -20,13 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from features.errors import StovtalError
+
 log = logging.getLogger(__name__)
 
 RANDOM_TAGS = ("none", "random")
 RANDOM_SEED = 0
 
 
-class EncoderError(Exception):
+class EncoderError(StovtalError):
     """The encoder cannot be built as asked; a one-line message that says what to do."""
 
 

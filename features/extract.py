@@ -22,6 +22,7 @@ import numpy as np
 
 from features import __version__
 from features.decode import VIDEO_EXTENSIONS, DecodeError, SnippetPlan, VideoSource, plan_snippets
+from features.errors import StovtalError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ COMPATIBLE_KEYS = ("encoder", "model_config_sha256", "pretrained", "init_seed", 
                    "precision", "normalise", "fps", "window", "stride", "frame_step", "dtype")
 
 
-class ExtractError(Exception):
+class ExtractError(StovtalError):
     """A run-level problem (bad video list, incompatible store); one line."""
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from features.extract import (EXIT_SOME_FAILED, ExtractError, ExtractOptions, collect_videos, extract_videos,
+from features.cli_support import Group
+from features.extract import (EXIT_SOME_FAILED, ExtractOptions, collect_videos, extract_videos,
                               extract_vocabulary, parse_shard, shard_from_env, shard_jobs, shard_store_path)
 
 log = logging.getLogger("features.extract")
@@ -29,7 +30,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _load_encoder(model, pretrained, checkpoint, device, precision, seed=None):
-    from features.encoders import RANDOM_SEED, RANDOM_TAGS, EncoderError, load_encoder
+    from features.encoders import RANDOM_SEED, RANDOM_TAGS, load_encoder
 
     if checkpoint is None and (pretrained or "none").lower() in RANDOM_TAGS:
         click.secho(f"WARNING: --pretrained {pretrained}: {model} gets RANDOM weights; the features mean "
@@ -39,11 +40,8 @@ def _load_encoder(model, pretrained, checkpoint, device, precision, seed=None):
         import torch
         if torch.cuda.is_available():  # torchrun: one GPU per local process
             device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
-    try:
-        return load_encoder(model, pretrained, checkpoint, device=device, precision=precision,
-                            seed=RANDOM_SEED if seed is None else seed)
-    except EncoderError as exc:
-        raise click.ClickException(str(exc)) from None
+    return load_encoder(model, pretrained, checkpoint, device=device, precision=precision,
+                        seed=RANDOM_SEED if seed is None else seed)
 
 
 def _grid(fps, num_frames, stride, frame_step):
@@ -57,7 +55,7 @@ def _grid(fps, num_frames, stride, frame_step):
     return Grid(fps=float(fps), window=num_frames, stride=stride, frame_step=frame_step)
 
 
-@click.group()
+@click.group(cls=Group)
 def main():
     """Extract open_clip snippet features into a feature store."""
 
@@ -92,19 +90,14 @@ def main():
 def videos_cmd(videos, list_file, store, model, pretrained, checkpoint, fps, num_frames, stride, frame_step,
                batch_size, device, precision, dtype, decode_workers, shard, progress, log_level):
     """Extract snippet features of VIDEOS (files and/or directories) into --store."""
-    from features.store import StoreError
-
     _setup_logging(log_level)
     if not videos and list_file is None:
         raise click.UsageError("give video files/directories or --list FILE")
     if batch_size < 1:
         raise click.BadParameter(f"{batch_size} must be >= 1", param_hint="--batch-size")
     grid = _grid(fps, num_frames, stride, frame_step)
-    try:
-        jobs = collect_videos(videos, list_file)
-        where = parse_shard(shard) if shard else shard_from_env()
-    except ExtractError as exc:
-        raise click.ClickException(str(exc)) from None
+    jobs = collect_videos(videos, list_file)
+    where = parse_shard(shard) if shard else shard_from_env()
     if not jobs:
         raise click.ClickException("no videos found in " + ", ".join(str(v) for v in videos or [list_file]))
     if where is not None:
@@ -119,10 +112,7 @@ def videos_cmd(videos, list_file, store, model, pretrained, checkpoint, fps, num
              encoder.device, encoder.precision, encoder.dim, grid)
     workers = decode_workers or max(1, (os.cpu_count() or 1) // 4)
     options = ExtractOptions(grid=grid, batch_size=batch_size, dtype=dtype, decode_workers=workers)
-    try:
-        summary = extract_videos(jobs, store, encoder, options, progress=progress)
-    except (ExtractError, StoreError) as exc:
-        raise click.ClickException(str(exc)) from None
+    summary = extract_videos(jobs, store, encoder, options, progress=progress)
     for line in summary.lines():
         click.echo(line, err=bool(summary.failed) and line.startswith("  FAILED"))
     click.echo(f"store: {store}")
@@ -186,23 +176,17 @@ def _same_encoder_as_store(store, prov: dict, model, pretrained, checkpoint):
               show_default=True)
 def text_cmd(store, classes_file, name, template, checkpoint, model, pretrained, device, log_level):
     """Embed class names with the store's own encoder and cache them as vocabulary --name."""
-    from features.store import StoreError, open_store
+    from features.store import open_store
 
     _setup_logging(log_level)
     if template is not None and template.count("{}") != 1:
         raise click.BadParameter(f"{template!r} must contain {{}} exactly once", param_hint="--template")
     classes = _read_classes(classes_file)
-    try:
-        with open_store(store) as fs:
-            prov = dict(fs.provenance)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
+    with open_store(store) as fs:
+        prov = dict(fs.provenance)
     model, pretrained = _same_encoder_as_store(store, prov, model, pretrained, checkpoint)
     encoder = _load_encoder(model, pretrained, checkpoint, device, "auto", seed=prov.get("init_seed"))
-    try:
-        embeddings = extract_vocabulary(store, encoder, name, classes, template)
-    except (ExtractError, StoreError) as exc:
-        raise click.ClickException(str(exc)) from None
+    embeddings = extract_vocabulary(store, encoder, name, classes, template)
     click.echo(f"vocabulary {name!r}: {len(classes)} classes x {embeddings.shape[1]} dims "
                f"({encoder.model_name}/{encoder.pretrained}) cached in {store}")
 

@@ -11,12 +11,9 @@ from pathlib import Path
 import click
 import numpy as np
 
+from features.cli_support import Group
 from features.store import StoreError, open_store
 from features.store import ops
-
-
-def _fail(exc: Exception):
-    raise click.ClickException(str(exc))
 
 
 def _human(n: int) -> str:
@@ -34,7 +31,7 @@ def _json_default(x):
     return str(x)
 
 
-@click.group()
+@click.group(cls=Group)
 def main():
     """Feature stores (.zarr directory or .h5/.hdf5 file): per-video CLIP snippet features with provenance."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -45,11 +42,8 @@ def main():
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def info(store, as_json):
     """Provenance, counts, dims, bytes on disk, vocabularies and failures of STORE."""
-    try:
-        with open_store(store) as s:
-            d = ops.summary(s)
-    except StoreError as exc:
-        _fail(exc)
+    with open_store(store) as s:
+        d = ops.summary(s)
     if as_json:
         click.echo(json.dumps(d, indent=2, default=_json_default, ensure_ascii=False))
         return
@@ -71,12 +65,9 @@ def info(store, as_json):
 @click.argument("store", type=click.Path(path_type=Path))
 def validate(store):
     """Check every video (shape, dtype, finite values, length vs. grid); exit 1 naming each bad entry."""
-    try:
-        with open_store(store) as s:
-            problems = ops.validate(s, progress=sys.stderr.isatty())
-            n = len(s)
-    except StoreError as exc:
-        _fail(exc)
+    with open_store(store) as s:
+        problems = ops.validate(s, progress=sys.stderr.isatty())
+        n = len(s)
     for p in problems:
         click.echo(f"BAD {p}", err=True)
     if problems:
@@ -89,10 +80,7 @@ def validate(store):
 @click.argument("dst", type=click.Path(path_type=Path))
 def convert(src, dst):
     """Copy SRC to DST (zarr <-> hdf5 by suffix) with identical content."""
-    try:
-        ops.convert(src, dst, progress=sys.stderr.isatty())
-    except StoreError as exc:
-        _fail(exc)
+    ops.convert(src, dst, progress=sys.stderr.isatty())
     click.echo(f"wrote {dst}")
 
 
@@ -107,11 +95,8 @@ def convert(src, dst):
 @click.option("--encoder", default="external", show_default=True, help="Recorded as provenance 'encoder'.")
 def import_npy(directory, store, fps, stride, window, frame_step, dtype, encoder):
     """Import DIRECTORY/<video_id>.npy|.npz (T x D each) into STORE (created if missing; resumable)."""
-    try:
-        res = ops.import_npy(directory, store, fps=fps, stride=stride, window=window, frame_step=frame_step,
-                             dtype=dtype, encoder=encoder, progress=sys.stderr.isatty())
-    except StoreError as exc:
-        _fail(exc)
+    res = ops.import_npy(directory, store, fps=fps, stride=stride, window=window, frame_step=frame_step,
+                         dtype=dtype, encoder=encoder, progress=sys.stderr.isatty())
     click.echo(f"{store}: {res['videos']} videos")
     if res["failed"]:
         for vid, reason in res["failed"].items():
@@ -124,10 +109,7 @@ def import_npy(directory, store, fps, stride, window, frame_step, dtype, encoder
 @click.argument("directory", type=click.Path(path_type=Path))
 def export_npy(store, directory):
     """Write one float32 DIRECTORY/<id>.npy per video (ids percent-encoded into safe file names)."""
-    try:
-        n = ops.export_npy(store, directory, progress=sys.stderr.isatty())
-    except StoreError as exc:
-        _fail(exc)
+    n = ops.export_npy(store, directory, progress=sys.stderr.isatty())
     click.echo(f"wrote {n} files to {directory}")
 
 
@@ -143,19 +125,16 @@ def export_npy(store, directory):
 def add_vocab(store, name, classes_file, emb_file, template, encoder):
     """Cache class-name text embeddings made elsewhere; their dimension must match the store."""
     try:
-        try:
-            classes = [ln.strip() for ln in classes_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        except OSError as exc:
-            raise StoreError(f"{classes_file}: {exc.strerror}") from None
-        try:
-            emb = np.load(emb_file, allow_pickle=False)
-        except Exception as exc:
-            raise StoreError(f"{emb_file}: cannot be read as .npy ({exc})") from None
-        with open_store(store, "a") as s:
-            s.add_vocabulary(name, classes, emb, template=template,
-                             provenance={"encoder": encoder, "source": str(emb_file)})
-    except StoreError as exc:
-        _fail(exc)
+        classes = [ln.strip() for ln in classes_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except OSError as exc:
+        raise StoreError(f"{classes_file}: {exc.strerror}") from None
+    try:
+        emb = np.load(emb_file, allow_pickle=False)
+    except Exception as exc:
+        raise StoreError(f"{emb_file}: cannot be read as .npy ({exc})") from None
+    with open_store(store, "a") as s:
+        s.add_vocabulary(name, classes, emb, template=template,
+                         provenance={"encoder": encoder, "source": str(emb_file)})
     click.echo(f"{store}: vocabulary {name!r} with {len(classes)} classes")
 
 
@@ -165,10 +144,7 @@ def add_vocab(store, name, classes_file, emb_file, template, encoder):
 def merge(dst, srcs):
     """Join per-shard stores SRCS into DST (created if missing). Provenance must match; a video in
     several sources must be identical."""
-    try:
-        res = ops.merge(dst, srcs, progress=sys.stderr.isatty())
-    except StoreError as exc:
-        _fail(exc)
+    res = ops.merge(dst, srcs, progress=sys.stderr.isatty())
     click.echo(f"{dst}: added {res['added']} videos, now {res['videos']} videos, {res['failures']} failures")
 
 

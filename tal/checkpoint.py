@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from features.errors import StovtalError
 from tal.atomic import atomic_write_bytes
 
 FORMAT = "stovtal-checkpoint-1"
@@ -23,7 +24,7 @@ FORMAT = "stovtal-checkpoint-1"
 COMPAT_KEYS = ("encoder", "pretrained", "dim", "fps", "window", "stride", "frame_step")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(StovtalError, ValueError):
     """A one-line message naming the checkpoint (and store) at fault."""
 
 

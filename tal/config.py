@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from features.errors import StovtalError
 from tal.model.config import ModelConfig
 
 PRESETS = ("small", "thumos", "anet")
@@ -21,7 +22,7 @@ MODES = ("closed", "agnostic")
 PSEUDO_WEIGHTS = ("score", "1")
 
 
-class ConfigError(ValueError):
+class ConfigError(StovtalError, ValueError):
     """A one-line message naming the preset/file and the key at fault."""
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import click
 
+from features.cli_support import Command
+
 log = logging.getLogger("tal.demo")
 
 DEMO_PRESET = "small"
@@ -73,7 +75,7 @@ def run_demo(out, seed: int = 0, *, progress: bool = True, overrides=(), counts:
     return report
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", default="demo_out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="tal-train override for both stages.")
@@ -88,12 +90,7 @@ def main(out, seed, overrides, threads, no_progress):
         import torch
 
         torch.set_num_threads(threads)
-    from tal.cli.selftrain import _errors
-
-    try:
-        report = run_demo(out, seed, progress=not no_progress, overrides=overrides)
-    except _errors() as e:
-        raise click.ClickException(str(e)) from None
+    report = run_demo(out, seed, progress=not no_progress, overrides=overrides)
     counts = report["counts"]
     click.echo(f"\nSelf-training demo — SIMULATED data (tal.sim, seed {seed}); {counts['labeled_videos']} labelled "
                f"curated videos (base classes), {counts['unlabeled_videos']} unlabelled web videos, "

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from features.errors import StovtalError
 from tal.checkpoint import CheckpointError, check_compatible, load_checkpoint
 from tal.config import RunConfig
 from tal.data.collate import PadCollate
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 AGNOSTIC_LABEL = "action"
 
 
-class InferenceError(ValueError):
+class InferenceError(StovtalError, ValueError):
     """A one-line message naming the checkpoint, store, vocabulary or class at fault."""
 
 

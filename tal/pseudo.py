@@ -24,6 +24,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from features.errors import StovtalError
 from tal.atomic import atomic_open
 from tal.eval.detection import tiou_matrix
 from tal.atomic import atomic_write_json as _atomic_write_json
@@ -34,7 +35,7 @@ PSEUDO_LABEL = "action"
 PSEUDO_SUBSET = "training"
 
 
-class PseudoLabelError(ValueError):
+class PseudoLabelError(StovtalError, ValueError):
     """A one-line message naming the file, shard or video at fault."""
 
 

@@ -25,6 +25,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from features.errors import StovtalError
 from tal.pseudo import FilterConfig, atomic_write_json, pseudo_label_store
 
 log = logging.getLogger("tal.selftrain")
@@ -34,7 +35,7 @@ SETTINGS_NAME = "selftrain.json"
 SIMULATED_NOTE = "SIMULATED DATA (tal.sim): figures show the method's behaviour, not real-video accuracy"
 
 
-class SelfTrainError(ValueError):
+class SelfTrainError(StovtalError, ValueError):
     """A one-line message naming the run directory, file or option at fault."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from features.cli_support import Command
 from tal.pseudo import atomic_write_json, pseudo_label_store, refilter
 from tal.selftrain import SIMULATED_NOTE, evaluate_stage, run_selftrain, summarize, train_stage
 
@@ -381,7 +382,7 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", default="study_out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--seeds", default="0,1,2", show_default=True)
 @click.option("--scale", default="0,250,1000,4000", show_default=True, help="Unlabelled videos for the curve.")
@@ -407,27 +408,22 @@ def main(out, seeds, scale, taus, sweep_videos, budget_videos, sizes, overrides,
         import torch
 
         torch.set_num_threads(threads)
-    from tal.cli.selftrain import _errors
-
     seeds, scale, taus, counts = _ints(seeds), _ints(scale), _floats(taus), _sizes(sizes)
     if only_seed is not None and only_seed not in seeds:
         raise click.UsageError(f"--only-seed {only_seed} is not one of --seeds {seeds}")
-    try:
-        if only_seed is not None:
-            run_seed(out, only_seed, seeds, scale, taus, sweep_videos, budget_videos, not no_progress, overrides,
-                     counts)
-            click.echo(f"seed {only_seed} done: {Path(out) / f'seed{only_seed}' / 'part.json'}")
-            return
-        if jobs > 1:
-            argv = ["--out", out, "--seeds", ",".join(map(str, seeds)), "--scale", ",".join(map(str, scale)),
-                    "--taus", ",".join(map(str, taus)), "--sweep-videos", str(sweep_videos),
-                    "--budget-videos", str(budget_videos), "--sizes", sizes, "--threads", str(threads),
-                    "--no-progress"]
-            run_parts_in_parallel(Path(out), seeds, jobs, argv + [a for o in overrides for a in ("--set", o)])
-        result = run_study(out, seeds, scale, taus, sweep_videos, budget_videos, progress=not no_progress,
-                           overrides=overrides, counts=counts)
-    except _errors() as e:
-        raise click.ClickException(str(e)) from None
+    if only_seed is not None:
+        run_seed(out, only_seed, seeds, scale, taus, sweep_videos, budget_videos, not no_progress, overrides,
+                 counts)
+        click.echo(f"seed {only_seed} done: {Path(out) / f'seed{only_seed}' / 'part.json'}")
+        return
+    if jobs > 1:
+        argv = ["--out", out, "--seeds", ",".join(map(str, seeds)), "--scale", ",".join(map(str, scale)),
+                "--taus", ",".join(map(str, taus)), "--sweep-videos", str(sweep_videos),
+                "--budget-videos", str(budget_videos), "--sizes", sizes, "--threads", str(threads),
+                "--no-progress"]
+        run_parts_in_parallel(Path(out), seeds, jobs, argv + [a for o in overrides for a in ("--set", o)])
+    result = run_study(out, seeds, scale, taus, sweep_videos, budget_videos, progress=not no_progress,
+                       overrides=overrides, counts=counts)
     click.echo(format_study(result))
     click.echo(str(Path(out) / "study.json"))
 

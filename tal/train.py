@@ -27,6 +27,7 @@ import torch.distributed as torch_dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from features.errors import StovtalError
 from tal import __version__
 from tal.checkpoint import (CheckpointError, check_compatible, check_same_features, load_checkpoint, rng_state,
                             save_checkpoint, set_rng_state)
@@ -46,7 +47,7 @@ CHECKPOINT_NAME = "last.pt"
 AGNOSTIC_CLASSES = ["action"]
 
 
-class TrainError(ValueError):
+class TrainError(StovtalError, ValueError):
     """A one-line message naming the run directory, file or option at fault."""
 
 

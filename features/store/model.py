@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from features.errors import StovtalError
 
-class StoreError(Exception):
+
+class StoreError(StovtalError):
     """A one-line problem with a store, naming the store path and the video/field at fault."""
 
 

@@ -8,11 +8,12 @@ import warnings
 import click
 import numpy as np
 
-from tal.data.annotations import AnnotationError, load_annotations, write_json_atomic
+from features.cli_support import Command
+from tal.data.annotations import load_annotations, write_json_atomic
 from tal.eval.breakdown import BINS
 from tal.eval.detection import TIOU_PRESETS, evaluate_detection
 from tal.eval.predictions import load_predictions
-from tal.eval.protocols import MODES, SplitError, evaluate_protocol, load_splits, summarize_splits
+from tal.eval.protocols import MODES, evaluate_protocol, load_splits, summarize_splits
 from tal.eval.report import format_per_class, format_result, format_summary, strict_json
 
 log = logging.getLogger("tal.eval")
@@ -33,7 +34,7 @@ def parse_tiou(text: str) -> np.ndarray:
     return values
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--gt", "gt_path", required=True, type=click.Path(exists=True), help="Ground truth (any supported format).")
 @click.option("--pred", "pred_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Predictions: official results JSON.")
@@ -75,19 +76,16 @@ def run(gt_path, pred_path, subset, gt_format, video_info, tiou, preset, split_s
     bins = bins or ("anet" if preset == "anet" else "thumos")
     if mode and not split_spec:
         raise click.BadParameter("--mode needs --split")
-    try:
-        # Ground truth as given (no clipping), like the official evaluator.
-        gt = load_annotations(gt_path, gt_format, subset, strict=strict, clip=False, video_info=video_info)
-        subsets = sorted({v.subset for v in gt.videos.values()})
-        if subset is None and len(subsets) > 1:
-            raise click.ClickException(f"{gt_path}: holds several subsets ({', '.join(subsets)}); "
-                                       f"choose one with --subset")
-        if not gt.videos:
-            raise click.ClickException(f"{gt_path}: no videos in subset {subset!r}")
-        preds = load_predictions(pred_path)
-        splits = load_splits(split_spec) if split_spec else []
-    except (AnnotationError, SplitError) as exc:
-        raise click.ClickException(str(exc)) from None
+    # Ground truth as given (no clipping), like the official evaluator.
+    gt = load_annotations(gt_path, gt_format, subset, strict=strict, clip=False, video_info=video_info)
+    subsets = sorted({v.subset for v in gt.videos.values()})
+    if subset is None and len(subsets) > 1:
+        raise click.ClickException(f"{gt_path}: holds several subsets ({', '.join(subsets)}); "
+                                   f"choose one with --subset")
+    if not gt.videos:
+        raise click.ClickException(f"{gt_path}: no videos in subset {subset!r}")
+    preds = load_predictions(pred_path)
+    splits = load_splits(split_spec) if split_spec else []
     chosen = [v.strip() for v in videos.split(",") if v.strip()] if videos else list(gt.videos)[:3]
     unknown = [v for v in chosen if v not in gt.videos and v not in preds]
     if plot_dir and unknown:
@@ -100,24 +98,21 @@ def run(gt_path, pred_path, subset, gt_format, video_info, tiou, preset, split_s
     log.info("%d GT videos, %d instances, %d classes; %d predictions on %d videos", len(gt.videos),
              gt.num_segments, len(gt.classes), sum(len(d) for d in preds.values()), len(preds))
 
-    try:
-        if not splits:
-            result = evaluate_detection(gt, preds, thresholds, dedup_gt=dedup_gt, breakdown_bins=bins).to_dict()
-            click.echo(format_result(result))
-            headline = result
-        else:
-            runs = [evaluate_protocol(gt, preds, s, mode or "novel", thresholds, dedup_gt, breakdown_bins=bins)
-                    for s in splits]
-            for run in runs:
-                click.echo(format_result(run, title=f"split {run['split']} (mode {run['mode']})"))
-                click.echo()
-            result = runs[0] if len(runs) == 1 else {"mode": runs[0]["mode"], "runs": runs,
-                                                      "summary": summarize_splits(runs)}
-            if len(runs) > 1:
-                click.echo(format_summary(result["summary"]))
-            headline = runs[0]
-    except SplitError as exc:
-        raise click.ClickException(str(exc)) from None
+    if not splits:
+        result = evaluate_detection(gt, preds, thresholds, dedup_gt=dedup_gt, breakdown_bins=bins).to_dict()
+        click.echo(format_result(result))
+        headline = result
+    else:
+        runs = [evaluate_protocol(gt, preds, s, mode or "novel", thresholds, dedup_gt, breakdown_bins=bins)
+                for s in splits]
+        for run in runs:
+            click.echo(format_result(run, title=f"split {run['split']} (mode {run['mode']})"))
+            click.echo()
+        result = runs[0] if len(runs) == 1 else {"mode": runs[0]["mode"], "runs": runs,
+                                                  "summary": summarize_splits(runs)}
+        if len(runs) > 1:
+            click.echo(format_summary(result["summary"]))
+        headline = runs[0]
     if per_class:
         click.echo(format_per_class(headline))
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from features.cli_support import Command
+
 
 def _read_class_names(path) -> list[str]:
     names = [line.strip() for line in Path(path).read_text().splitlines()]
@@ -17,7 +19,7 @@ def _read_class_names(path) -> list[str]:
     return names
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--features", "features", multiple=True, required=True, type=click.Path(exists=True),
               help="Feature store (repeatable).")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
@@ -43,54 +45,48 @@ def main(features, checkpoint, annotations, subset, vocab, split, which, class_n
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 
-    from features.store import StoreError
-    from tal.checkpoint import CheckpointError
-    from tal.data.annotations import AnnotationError, load_annotations
-    from tal.data.dataset import DatasetError
+    from tal.data.annotations import load_annotations
     from tal.eval.predictions import write_predictions
-    from tal.eval.protocols import SplitError, load_split
+    from tal.eval.protocols import load_split
     from tal.infer import InferenceError, Localizer, embed_class_names, iter_detections, store_vocabulary
     from tal.model.ov import OVConfig
 
     if subset and not annotations:
         raise click.BadParameter("--subset needs --annotations (the store does not know subsets)",
                                  param_hint="--subset")
-    try:
-        localizer = Localizer.from_checkpoint(checkpoint)
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        localizer.model.to(dev)
-        video_ids = durations = None
-        if annotations:
-            aset = load_annotations(annotations, subset=subset)
-            video_ids = list(aset.videos)
-            durations = {v: a.duration for v, a in aset.videos.items()}
-        names = None
-        if class_names:
-            names = _read_class_names(class_names)
-        elif split:
-            s = load_split(split)
-            names = {"novel": s.novel, "base": s.base, "all": s.all}[which]
-        vocabulary = None
-        if vocab or (names is not None and localizer.mode == "agnostic"):
-            try:
-                vocabulary = store_vocabulary(features[0], vocab)
-                if names is not None:
-                    vocabulary = vocabulary.restrict(names, where=f"{features[0]} vocabulary {vocab or ''}".strip())
-            except InferenceError:
-                if not class_names:
-                    raise
-                vocabulary = embed_class_names(features[0], names)
-        ov_cfg = OVConfig(fusion=fusion, topk=topk, max_seg_num=localizer.config.model.max_seg_num)
-        keep = set(names) if names is not None and vocabulary is None else None  # closed model: filter its classes
-        preds = {}
-        stream = iter_detections(list(features), localizer, video_ids, vocabulary=vocabulary, ov_config=ov_cfg,
-                                 batch_size=batch_size, num_workers=workers, skip_missing=skip_missing,
-                                 durations=durations)
-        for vid, dets in tqdm(stream, unit="video", desc="inference"):
-            preds[vid] = [d for d in dets if keep is None or d.label in keep]
-        write_predictions(preds, out, external_data={"used": False, "details": f"stovtal checkpoint {checkpoint}"})
-    except (StoreError, CheckpointError, AnnotationError, DatasetError, SplitError, InferenceError) as e:
-        raise click.ClickException(str(e)) from None
+    localizer = Localizer.from_checkpoint(checkpoint)
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    localizer.model.to(dev)
+    video_ids = durations = None
+    if annotations:
+        aset = load_annotations(annotations, subset=subset)
+        video_ids = list(aset.videos)
+        durations = {v: a.duration for v, a in aset.videos.items()}
+    names = None
+    if class_names:
+        names = _read_class_names(class_names)
+    elif split:
+        s = load_split(split)
+        names = {"novel": s.novel, "base": s.base, "all": s.all}[which]
+    vocabulary = None
+    if vocab or (names is not None and localizer.mode == "agnostic"):
+        try:
+            vocabulary = store_vocabulary(features[0], vocab)
+            if names is not None:
+                vocabulary = vocabulary.restrict(names, where=f"{features[0]} vocabulary {vocab or ''}".strip())
+        except InferenceError:
+            if not class_names:
+                raise
+            vocabulary = embed_class_names(features[0], names)
+    ov_cfg = OVConfig(fusion=fusion, topk=topk, max_seg_num=localizer.config.model.max_seg_num)
+    keep = set(names) if names is not None and vocabulary is None else None  # closed model: filter its classes
+    preds = {}
+    stream = iter_detections(list(features), localizer, video_ids, vocabulary=vocabulary, ov_config=ov_cfg,
+                             batch_size=batch_size, num_workers=workers, skip_missing=skip_missing,
+                             durations=durations)
+    for vid, dets in tqdm(stream, unit="video", desc="inference"):
+        preds[vid] = [d for d in dets if keep is None or d.label in keep]
+    write_predictions(preds, out, external_data={"used": False, "details": f"stovtal checkpoint {checkpoint}"})
     click.echo(f"wrote {sum(len(d) for d in preds.values())} detections for {len(preds)} videos to {out}")
 
 

@@ -11,20 +11,11 @@ import logging
 
 import click
 
-from features.store import StoreError
-from tal.checkpoint import CheckpointError
+from features.cli_support import Group
 from tal.pseudo import FilterConfig, PseudoLabelError, merge_parts, parse_shard, parts_dir_for, pseudo_label_store
 
-FAULTS = (PseudoLabelError, CheckpointError, StoreError)
 
-
-def _faults():
-    # tal.infer's own error type lives beside the model code; import it lazily with the rest of inference.
-    from tal.infer import InferenceError
-    return FAULTS + (InferenceError,)
-
-
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--features", "store", type=click.Path(exists=True), help="Unlabelled feature store (.zarr/.h5).")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), help="Stage-1 agnostic checkpoint.")
 @click.option("--threshold", default=0.05, show_default=True, type=float, help="Keep proposals scoring >= this (τ).")
@@ -61,11 +52,8 @@ def main(ctx, store, checkpoint, threshold, top_k, dedup_iou, min_duration, shar
         index, count = parse_shard(shard)
     except PseudoLabelError as e:
         raise click.BadParameter(str(e)) from None
-    try:
-        stats = pseudo_label_store(store, checkpoint, out, cfg, shard=(index, count), batch_size=batch_size,
-                                   num_workers=num_workers, device=device, progress=not quiet)
-    except _faults() as e:
-        raise click.ClickException(str(e)) from None
+    stats = pseudo_label_store(store, checkpoint, out, cfg, shard=(index, count), batch_size=batch_size,
+                               num_workers=num_workers, device=device, progress=not quiet)
     click.echo(f"shard {index}/{count}: {stats.videos} videos, {stats.segments} pseudo-labels, "
                f"{stats.fallback_videos} fell back to their top-1 proposal")
     if count == 1:
@@ -79,10 +67,7 @@ def main(ctx, store, checkpoint, threshold, top_k, dedup_iou, min_duration, shar
 @click.argument("parts", nargs=-1, type=click.Path(exists=True))
 def merge_command(out, parts):
     """Join finished shard parts (default OUT.parts/) into the pseudo-label file OUT, atomically."""
-    try:
-        stats = merge_parts(out, parts or None)
-    except PseudoLabelError as e:
-        raise click.ClickException(str(e)) from None
+    stats = merge_parts(out, parts or None)
     click.echo(f"{stats.videos} videos, {stats.segments} pseudo-labels -> {out}")
 
 

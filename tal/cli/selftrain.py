@@ -12,20 +12,11 @@ import logging
 
 import click
 
+from features.cli_support import Command
 from tal.config import PRESETS
 
 
-def _errors():
-    from features.store import StoreError
-    from tal.cli.train import user_errors
-    from tal.infer import InferenceError
-    from tal.pseudo import PseudoLabelError
-    from tal.selftrain import SelfTrainError
-
-    return user_errors() + (StoreError, InferenceError, PseudoLabelError, SelfTrainError)
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--labeled-features", multiple=True, required=True, type=click.Path(exists=True),
               help="Store(s) of the human-labelled videos.")
 @click.option("--labeled-annotations", multiple=True, required=True, type=click.Path(exists=True),
@@ -89,10 +80,7 @@ def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds,
                           overrides=list(overrides), later_overrides=list(later_overrides), seed=seed, init=init,
                           pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, tests=tests, vocab=vocab,
                           simulated=simulated)
-    try:
-        report = run_selftrain(cfg, out, progress=not no_progress)
-    except _errors() as e:
-        raise click.ClickException(str(e)) from None
+    report = run_selftrain(cfg, out, progress=not no_progress)
     click.echo(format_table(report))
     click.echo(f"{out}/report.json")
 

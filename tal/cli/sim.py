@@ -7,13 +7,12 @@ from dataclasses import replace
 
 import click
 
-from features.store import StoreError
-from tal.data.annotations import AnnotationError
+from features.cli_support import Command
 from tal.sim.config import preset as make_preset
 from tal.sim.writer import write_benchmark
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--seed", default=0, show_default=True, type=int, help="World and video seed.")
 @click.option("--preset", "preset_name", default="small", show_default=True, type=click.Choice(["small", "thumos"]),
@@ -35,16 +34,11 @@ def main(out_dir, seed, preset_name, curated_train, web, curated_test, web_test,
     if num_classes is not None:
         cfg = replace(cfg, num_classes=num_classes)
     pick = lambda given, default: default if given is None else given  # noqa: E731
-    try:
-        paths = write_benchmark(out_dir, cfg, n_curated_train=pick(curated_train, counts.curated_train),
-                                n_web_unlabeled=pick(web, counts.web),
-                                n_curated_test=pick(curated_test, counts.curated_test),
-                                n_web_test=pick(web_test, counts.web_test), labelled_classes=labelled_classes,
-                                progress=not quiet)
-    except OSError as exc:
-        raise click.ClickException(f"{exc.filename or out_dir}: {exc.strerror or exc}") from None
-    except (StoreError, AnnotationError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    paths = write_benchmark(out_dir, cfg, n_curated_train=pick(curated_train, counts.curated_train),
+                            n_web_unlabeled=pick(web, counts.web),
+                            n_curated_test=pick(curated_test, counts.curated_test),
+                            n_web_test=pick(web_test, counts.web_test), labelled_classes=labelled_classes,
+                            progress=not quiet)
     click.echo(f"SIMULATED benchmark (seed {seed}, preset {preset_name}) written to {out_dir}:")
     for role, path in paths.items():
         click.echo(f"  {role:26s} {path}")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from tal.data.annotations import AnnotationError, load_annotations
-from tal.eval.protocols import Split, SplitError, load_splits, write_split_file
+from features.cli_support import Group
+from tal.data.annotations import load_annotations
+from tal.eval.protocols import Split, load_splits, write_split_file
 from tal.eval.splitgen import cross_dataset_split, kinetics_split, random_split
 
 
@@ -16,16 +17,11 @@ def read_classes(gt_path, classes_path, what: str) -> list[str]:
     """Class names from a ground-truth file (any format) or a text file with one name per line."""
     if bool(gt_path) == bool(classes_path):
         raise click.UsageError(f"give exactly one of --{what}gt or --{what}classes")
-    try:
-        if gt_path:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # clipping notes do not matter for the class list
-                return load_annotations(gt_path).classes
-        text = Path(classes_path).read_text(encoding="utf-8")
-    except AnnotationError as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"{classes_path}: cannot read ({exc.strerror or exc})") from None
+    if gt_path:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # clipping notes do not matter for the class list
+            return load_annotations(gt_path).classes
+    text = Path(classes_path).read_text(encoding="utf-8")
     names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if not names:
         raise click.ClickException(f"{classes_path}: no class names")
@@ -49,7 +45,7 @@ def _gt_or_classes(prefix=""):
     return decorate
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """Base/novel class splits for open-vocabulary TAL."""
 
@@ -58,12 +54,9 @@ def main():
 @click.argument("spec")
 def show(spec):
     """Print a split: thumos14:75:0, anet:50:3 or a split file."""
-    try:
-        for split in load_splits(spec):
-            click.echo(f"split {split.name}")
-            _emit(split, None)
-    except SplitError as exc:
-        raise click.ClickException(str(exc)) from None
+    for split in load_splits(spec):
+        click.echo(f"split {split.name}")
+        _emit(split, None)
 
 
 @main.command()
@@ -76,17 +69,14 @@ def show(spec):
 def random(gt_path, classes_path, novel_fraction, seed, num_splits, out):
     """Seeded random base/novel split of any dataset's classes."""
     classes = read_classes(gt_path, classes_path, "")
-    try:
-        if num_splits == 1:
-            _emit(random_split(classes, novel_fraction, seed), out)
-            return
-        if not out:
-            raise click.UsageError("--num-splits > 1 needs -o DIRECTORY")
-        Path(out).mkdir(parents=True, exist_ok=True)
-        for s in range(seed, seed + num_splits):
-            _emit(random_split(classes, novel_fraction, s), Path(out) / f"split_{s}.json")
-    except SplitError as exc:
-        raise click.ClickException(str(exc)) from None
+    if num_splits == 1:
+        _emit(random_split(classes, novel_fraction, seed), out)
+        return
+    if not out:
+        raise click.UsageError("--num-splits > 1 needs -o DIRECTORY")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for s in range(seed, seed + num_splits):
+        _emit(random_split(classes, novel_fraction, s), Path(out) / f"split_{s}.json")
 
 
 @main.command()

@@ -7,23 +7,11 @@ import os
 
 import click
 
-from tal.checkpoint import CheckpointError
-from tal.config import MODES, PRESETS, ConfigError, load_config
-from tal.data.annotations import AnnotationError
-from tal.data.dataset import DatasetError
-
-USER_ERRORS = (ConfigError, CheckpointError, AnnotationError, DatasetError)
+from features.cli_support import Command
+from tal.config import MODES, PRESETS, load_config
 
 
-def user_errors():
-    from features.store import StoreError
-    from tal.eval.protocols import SplitError
-    from tal.train import TrainError
-
-    return USER_ERRORS + (StoreError, SplitError, TrainError)
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--features", "features", multiple=True, required=True, type=click.Path(exists=True),
               help="Feature store (repeat for several; annotations join to the store holding each video).")
 @click.option("--annotations", multiple=True, required=True, type=click.Path(exists=True),
@@ -73,13 +61,10 @@ def main(features, annotations, pseudo, subset, mode, split, which, preset, out,
         sets.append("data.skip_missing=true")
     if eval_subset and eval_every is None:
         sets.append("train.eval_every=1")
-    try:
-        cfg = load_config(preset, list(overrides) + sets)
-        inputs = TrainInputs(list(features), list(annotations), list(pseudo), subset, split, which)
-        path = train(cfg, inputs, out, resume=resume, init_from=init_from, init_ema_from=init_ema_from,
-                     device=device, progress=not no_progress)
-    except user_errors() as e:
-        raise click.ClickException(str(e)) from None
+    cfg = load_config(preset, list(overrides) + sets)
+    inputs = TrainInputs(list(features), list(annotations), list(pseudo), subset, split, which)
+    path = train(cfg, inputs, out, resume=resume, init_from=init_from, init_ema_from=init_ema_from,
+                 device=device, progress=not no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"checkpoint: {path}")
 

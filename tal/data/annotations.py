@@ -24,6 +24,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from features.errors import StovtalError
 from tal.atomic import atomic_write_json
 
 SUBSETS = ("training", "validation", "testing")
@@ -34,7 +35,7 @@ _SUBSET_ALIASES = {
 }
 
 
-class AnnotationError(ValueError):
+class AnnotationError(StovtalError, ValueError):
     """A bad annotation file; the message is one line naming the file and the video/field at fault."""
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from features.errors import StovtalError
 from tal.data.grid import GridMap
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 PSEUDO_LABEL = "action"
 
 
-class DatasetError(ValueError):
+class DatasetError(StovtalError, ValueError):
     """A one-line message naming the store/annotation file and the videos at fault."""
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from features.errors import StovtalError
 from tal.data.annotations import AnnotationSet
 from tal.eval.detection import DetectionReport, evaluate_detection
 
@@ -39,7 +40,7 @@ RATIOS = {"75": "train75_test25", "50": "train50_test50"}
 NUM_STANDARD_SPLITS = 10
 
 
-class SplitError(ValueError):
+class SplitError(StovtalError, ValueError):
     """A bad split spec or split file; one line naming it."""
 
 

@@ -12,6 +12,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, replace
 
+from features.errors import StovtalError
+
+
+class SimConfigError(StovtalError, ValueError):
+    """Settings the generator cannot honour; one line naming the setting."""
+
 
 @dataclass(frozen=True)
 class DomainConfig:
@@ -118,34 +124,34 @@ class SimConfig:
 
     def domain(self, name: str) -> DomainConfig:
         if name not in ("curated", "web"):
-            raise ValueError(f"unknown domain {name!r} (expected 'curated' or 'web')")
+            raise SimConfigError(f"unknown domain {name!r} (expected 'curated' or 'web')")
         return self.curated if name == "curated" else self.web
 
     def validate(self) -> None:
-        """One-line ValueError for settings the generator cannot honour."""
+        """One-line SimConfigError for settings the generator cannot honour."""
         if self.dim < 8 or self.num_classes < 2 or self.family_size < 1:
-            raise ValueError(f"need dim >= 8, num_classes >= 2, family_size >= 1 (got {self.dim}, "
+            raise SimConfigError(f"need dim >= 8, num_classes >= 2, family_size >= 1 (got {self.dim}, "
                              f"{self.num_classes}, {self.family_size})")
         if not 0.0 < self.base_fraction < 1.0:
-            raise ValueError(f"base_fraction must be in (0, 1), got {self.base_fraction}")
+            raise SimConfigError(f"base_fraction must be in (0, 1), got {self.base_fraction}")
         if self.window % self.frame_step or self.stride < 1 or self.fps <= 0:
-            raise ValueError(f"grid needs fps > 0, stride >= 1 and window divisible by frame_step "
+            raise SimConfigError(f"grid needs fps > 0, stride >= 1 and window divisible by frame_step "
                              f"(got fps={self.fps}, window={self.window}, stride={self.stride}, "
                              f"frame_step={self.frame_step})")
         if not 0 < self.min_length_s <= self.max_length_s:
-            raise ValueError(f"need 0 < min_length_s <= max_length_s, got {self.min_length_s}, {self.max_length_s}")
+            raise SimConfigError(f"need 0 < min_length_s <= max_length_s, got {self.min_length_s}, {self.max_length_s}")
         for dom in (self.curated, self.web):
             lo, hi = dom.duration_range_s
             if dom.scene_share <= 0:
-                raise ValueError(f"domain {dom.name}: background shares leave no scene share ({dom.scene_share:.3f})")
+                raise SimConfigError(f"domain {dom.name}: background shares leave no scene share ({dom.scene_share:.3f})")
             if not self.window / self.fps < lo <= hi:
-                raise ValueError(f"domain {dom.name}: duration_range_s {dom.duration_range_s} must be increasing "
+                raise SimConfigError(f"domain {dom.name}: duration_range_s {dom.duration_range_s} must be increasing "
                                  f"and longer than one window ({self.window / self.fps:.2f} s)")
             for name in ("coverage_range", "strength_range", "ramp_range_s", "distractor_strength_range",
                          "distractor_length_range_s"):
                 a, b = getattr(dom, name)
                 if not 0 <= a <= b:
-                    raise ValueError(f"domain {dom.name}: {name} must be 0 <= low <= high, got {(a, b)}")
+                    raise SimConfigError(f"domain {dom.name}: {name} must be 0 <= low <= high, got {(a, b)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -181,4 +187,4 @@ def preset(name: str, seed: int = 0) -> tuple[SimConfig, Counts]:
         max_s = (2304 - 1) * 4 / 30.0 + 16 / 30.0  # 2,304 rows on the default grid
         cfg = SimConfig(seed=seed, curated=replace(CURATED, duration_range_s=(30.0, max_s)))
         return cfg, Counts(curated_train=413, web=0, curated_test=0, web_test=0)
-    raise ValueError(f"unknown preset {name!r} (expected 'small' or 'thumos')")
+    raise SimConfigError(f"unknown preset {name!r} (expected 'small' or 'thumos')")

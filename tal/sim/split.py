@@ -8,6 +8,7 @@ import numpy as np
 
 from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation, canonical_subset
 from tal.sim.video import VideoPlan, plan_video, render_rows
+from tal.sim.config import SimConfigError
 from tal.sim.world import World, stream
 
 CLASS_SETS = ("base", "novel", "all")
@@ -15,7 +16,7 @@ CLASS_SETS = ("base", "novel", "all")
 
 def allowed_classes(world: World, classes: str) -> np.ndarray:
     if classes not in CLASS_SETS:
-        raise ValueError(f"classes must be one of {', '.join(CLASS_SETS)}, got {classes!r}")
+        raise SimConfigError(f"classes must be one of {', '.join(CLASS_SETS)}, got {classes!r}")
     names = {"base": world.base, "novel": world.novel, "all": world.class_names}[classes]
     return world.class_index(names)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tal.sim.config import SimConfig
+from tal.sim.config import SimConfig, SimConfigError
 from tal.sim.names import class_families
 
 TEXT_TEMPLATE = "a video of a person {}."
@@ -103,7 +103,7 @@ def make_world(cfg: SimConfig) -> World:
     k = cfg.num_classes
     num_novel = k - int(round(cfg.base_fraction * k))
     if not 0 < num_novel < k:
-        raise ValueError(f"base_fraction {cfg.base_fraction} leaves no base or no novel class of {k}")
+        raise SimConfigError(f"base_fraction {cfg.base_fraction} leaves no base or no novel class of {k}")
     rng = stream(cfg.seed, "world")
     mixing = mixing_matrix(rng, cfg.dim, cfg.spectrum_alpha)
     proto_rng, text_rng, split_rng, len_rng = (stream(cfg.seed, "world", s) for s in
