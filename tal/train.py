@@ -6,7 +6,7 @@ checkpoint (``out/last.pt``), ``log.csv``, ``loss_curve.png`` and, when due, an 
 held-out subset. ``resume=True`` continues from ``out/last.pt``: every epoch is seeded from (seed, epoch, rank),
 so a resumed run sees the same crops and order as an uninterrupted one.
 
-Under ``torchrun --nproc_per_node N -m tal.train ...`` (same options as ``tal-train``) each process trains on
+Under ``torchrun --nproc_per_node N -m tal.cli.train ...`` (same options as ``tal-train``) each process trains on
 its shard of every epoch (gloo on CPU, NCCL on GPU); only rank 0 writes.
 """
 
@@ -435,14 +435,3 @@ def _add_file_log(run_dir: Path) -> None:
         root.addHandler(handler)
         if root.level == logging.NOTSET or root.level > logging.INFO:
             root.setLevel(logging.INFO)
-
-
-def main():
-    """``torchrun --nproc_per_node N -m tal.train <tal-train options>``."""
-    from tal.cli.train import main as cli_main
-
-    cli_main()
-
-
-if __name__ == "__main__":
-    main()

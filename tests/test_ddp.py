@@ -15,7 +15,7 @@ def test_torchrun_two_processes(tmp_path):
     sets = ["model.embd_dim=16", "model.fpn_dim=16", "model.head_dim=16", "model.max_seq_len=64",
             "data.num_workers=0", "train.batch_size=2", "train.warmup_epochs=0"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "tal.train", "--features", str(store), "--annotations", str(ann), "--preset", "small",
+           "-m", "tal.cli.train", "--features", str(store), "--annotations", str(ann), "--preset", "small",
            "--mode", "agnostic", "--epochs", "2", "--out", str(out), "--no-progress",
            *[a for s in sets for a in ("--set", s)]]
     env = dict(os.environ, OMP_NUM_THREADS="1")

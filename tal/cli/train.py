@@ -1,4 +1,4 @@
-"""tal-train: train the localizer from feature stores (also the entry point of `torchrun -m tal.train`)."""
+"""tal-train: train the localizer from feature stores (also the entry point of `torchrun -m tal.cli.train`)."""
 
 from __future__ import annotations
 
