@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tal.eval.detection import Matching, per_class_ap
+from tal.eval.matching import Matching, per_class_ap
 
 BINS = {
     "thumos": {

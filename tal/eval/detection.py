@@ -17,27 +17,23 @@ Semantics, per class:
 - detections on videos absent from the ground truth are false positives (as in the official code);
   detections with labels outside the evaluated classes are ignored and counted.
 
-Vectorised: all (detection, instance) pairs of the same video and class are built at once; the greedy
-matching then runs in rounds over every class, video and threshold together.  In each round every
-unresolved detection proposes its best free instance, and a proposal is final when no earlier unresolved
-detection could still take that instance -- the earliest unresolved detection of a group always qualifies,
-so the rounds end, and the result equals the sequential greedy loop.
+The matching itself (flat arrays, vectorised greedy matching, AP) is in :mod:`tal.eval.matching`.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import attrgetter
 
 import numpy as np
 
-from tal.data.annotations import AnnotationSet, Segment
+from tal.data.annotations import AnnotationSet
+from tal.eval.breakdown import breakdown
+from tal.eval.matching import (Matching, flatten_ground_truth, flatten_predictions, match_detections,  # noqa: F401
+                               per_class_ap, tiou_matrix)
 from tal.eval.predictions import Detection
 
 TIOU_PRESETS = {"thumos": np.array([0.3, 0.4, 0.5, 0.6, 0.7]), "anet": np.linspace(0.5, 0.95, 10)}
-DEDUP_TOLERANCE = 1e-3
 
 
 class EvaluationWarning(UserWarning):
@@ -75,229 +71,6 @@ class DetectionReport:
         return out
 
 
-def dedup_segments(segments: list[Segment], tol: float = DEDUP_TOLERANCE) -> list[Segment]:
-    """Drop instances repeating an earlier one's label with start and end within ``tol`` seconds
-    (the ActionFormer/OpenTAD convention)."""
-    kept: list[Segment] = []
-    for seg in segments:
-        if not any(k.label == seg.label and abs(k.start - seg.start) <= tol and abs(k.end - seg.end) <= tol
-                   for k in kept):
-            kept.append(seg)
-    return kept
-
-
-@dataclass
-class GroundTruthArrays:
-    """Flat ground truth of the evaluated classes, in file order."""
-    video: np.ndarray      # int index into videos
-    label: np.ndarray      # int index into classes
-    start: np.ndarray
-    end: np.ndarray
-    classes: list[str]
-    videos: dict[str, int]
-
-    def __len__(self) -> int:
-        return len(self.label)
-
-
-@dataclass
-class PredictionArrays:
-    """Flat detections of the evaluated classes, ranked: by class, then descending score, then input order."""
-    video: np.ndarray
-    label: np.ndarray
-    start: np.ndarray
-    end: np.ndarray
-    score: np.ndarray
-    video_names: list[str]  # video index -> id (ground-truth videos first)
-    ignored: int = 0
-    unmatched_video: int = 0
-
-    def __len__(self) -> int:
-        return len(self.label)
-
-
-@dataclass
-class Matching:
-    """Result of the greedy matching: ``matched[t, i]`` is the ground-truth index taken by ranked detection
-    ``i`` at threshold ``t``, or -1 for a false positive."""
-    gt: GroundTruthArrays
-    preds: PredictionArrays
-    tiou_thresholds: np.ndarray
-    matched: np.ndarray
-
-
-def flatten_ground_truth(gt: AnnotationSet, classes=None, dedup_gt: bool = False) -> GroundTruthArrays:
-    present = gt.classes
-    if classes is None:
-        classes = present
-    else:
-        have = set(present)
-        classes = [c for c in dict.fromkeys(classes) if c in have]
-    class_index = {c: i for i, c in enumerate(classes)}
-    videos: dict[str, int] = {}
-    vid_l, lab_l, s_l, e_l = [], [], [], []
-    for vid, video in gt.videos.items():
-        v = videos.setdefault(vid, len(videos))
-        segments = dedup_segments(video.segments) if dedup_gt else video.segments
-        for seg in segments:
-            c = class_index.get(seg.label)
-            if c is not None:
-                vid_l.append(v)
-                lab_l.append(c)
-                s_l.append(seg.start)
-                e_l.append(seg.end)
-    return GroundTruthArrays(np.asarray(vid_l, np.int64), np.asarray(lab_l, np.int64),
-                             np.asarray(s_l, np.float64), np.asarray(e_l, np.float64), list(classes), videos)
-
-
-def flatten_predictions(preds: dict[str, list[Detection]], gt: GroundTruthArrays) -> PredictionArrays:
-    class_index = {c: i for i, c in enumerate(gt.classes)}
-    videos = dict(gt.videos)
-    per_video = [videos.setdefault(vid, len(videos)) for vid in preds]
-    counts = [len(dets) for dets in preds.values()]
-    flat = [d for dets in preds.values() for d in dets]
-    n = len(flat)
-    # fromiter over C-level attribute getters: the cheapest way from many small objects to columns.
-    label = np.fromiter(map(class_index.get, map(attrgetter("label"), flat), repeat(-1, n)), np.int64, count=n)
-    start = np.fromiter(map(attrgetter("start"), flat), np.float64, count=n)
-    end = np.fromiter(map(attrgetter("end"), flat), np.float64, count=n)
-    score = np.fromiter(map(attrgetter("score"), flat), np.float64, count=n)
-    video = np.repeat(np.asarray(per_video, np.int64), counts)
-    known = label >= 0
-    ignored = int(n - known.sum())
-    unmatched = int((known & (video >= len(gt.videos))).sum())
-    video, label, start, end, score = video[known], label[known], start[known], end[known], score[known]
-    # lexsort is stable: ties in score keep input order.
-    order = np.lexsort((-score, label))
-    return PredictionArrays(video[order], label[order], start[order], end[order], score[order],
-                            list(videos), ignored, unmatched)
-
-
-def segment_iou_pairs(ps, pe, gs, ge) -> np.ndarray:
-    """tIoU of paired segments, with the official evaluator's operation order (bit-identical results)."""
-    inter = np.clip(np.minimum(pe, ge) - np.maximum(ps, gs), 0, None)
-    union = (ge - gs) + (pe - ps) - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / union
-    return np.where(union > 0, iou, 0.0)
-
-
-def tiou_matrix(a, b) -> np.ndarray:
-    """tIoU [N, M] of segments a [N, 2] against b [M, 2] (start, end), with the arithmetic of segment_iou_pairs."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 2), np.asarray(b, np.float64).reshape(-1, 2)
-    return segment_iou_pairs(a[:, None, 0], a[:, None, 1], b[None, :, 0], b[None, :, 1])
-
-
-def _candidate_pairs(gt: GroundTruthArrays, preds: PredictionArrays, min_tiou: float):
-    """All (detection, instance) pairs of the same video and class with tIoU >= min_tiou, ordered by
-    detection rank, then descending tIoU, then descending instance index."""
-    n_classes = max(len(gt.classes), 1)
-    gkey = gt.video * n_classes + gt.label
-    g_order = np.argsort(gkey, kind="stable")
-    gkey_sorted = gkey[g_order]
-    groups, starts, sizes = np.unique(gkey_sorted, return_index=True, return_counts=True)
-    pkey = preds.video * n_classes + preds.label
-    where = np.minimum(np.searchsorted(groups, pkey), len(groups) - 1)
-    found = groups[where] == pkey
-    lo = starts[where]
-    counts = np.where(found, sizes[where], 0)
-    total = int(counts.sum())
-    pair_p = np.repeat(np.arange(len(preds)), counts)
-    offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-    pair_g = g_order[np.repeat(lo, counts) + offsets]
-    iou = segment_iou_pairs(preds.start[pair_p], preds.end[pair_p], gt.start[pair_g], gt.end[pair_g])
-    keep = iou >= min_tiou
-    # Reversed, pairs run by descending instance index; the stable sort on (detection, -tIoU) keeps that
-    # order for equal tIoUs -- the later instance first, as the official argsort()[::-1] does (numpy sorts
-    # small arrays stably, then the reversal puts the later of equal values first).
-    pair_p, pair_g, iou = pair_p[keep][::-1], pair_g[keep][::-1], iou[keep][::-1]
-    order = np.lexsort((-iou, pair_p))
-    return pair_p[order], pair_g[order], iou[order]
-
-
-def match_detections(gt: GroundTruthArrays, preds: PredictionArrays, tiou_thresholds) -> Matching:
-    thresholds = np.asarray(tiou_thresholds, np.float64)
-    n_t, n_p, n_g = len(thresholds), len(preds), len(gt)
-    matched = np.full((n_t, n_p), -1, np.int64)
-    if n_p == 0 or n_g == 0 or n_t == 0:
-        return Matching(gt, preds, thresholds, matched)
-    pair_p, pair_g, iou = _candidate_pairs(gt, preds, float(thresholds.min()))
-    # One flat problem over all thresholds: ids t*n_p + p and t*n_g + g never collide across thresholds.
-    act_p = np.concatenate([t * n_p + pair_p[iou >= thr] for t, thr in enumerate(thresholds)])
-    act_g = np.concatenate([t * n_g + pair_g[iou >= thr] for t, thr in enumerate(thresholds)])
-    taken = np.zeros(n_t * n_g, bool)
-    flat_matched = matched.reshape(-1)
-    earliest = np.empty(n_t * n_g, np.int64)
-    while act_p.size:
-        # Each unresolved detection proposes its best free instance (its first active pair).
-        first = np.ones(act_p.size, bool)
-        first[1:] = act_p[1:] != act_p[:-1]
-        prop_p, prop_g = act_p[first], act_g[first]
-        # A proposal is final when no earlier unresolved detection still has that instance as a candidate.
-        earliest[act_g] = np.iinfo(np.int64).max
-        np.minimum.at(earliest, act_g, act_p)
-        win = earliest[prop_g] == prop_p
-        taken[prop_g[win]] = True
-        flat_matched[prop_p[win]] = prop_g[win] % n_g
-        keep = ~taken[act_g] & (flat_matched[act_p] < 0)
-        act_p, act_g = act_p[keep], act_g[keep]
-    return Matching(gt, preds, thresholds, matched)
-
-
-def average_precision(tp: np.ndarray, npos: int, keep: np.ndarray | None = None,
-                      normalize: float | None = None) -> np.ndarray:
-    """All-point interpolated AP per threshold for one class's ranked detections.
-
-    ``tp``: [T, N] bool; ``keep``: optional [T, N] mask of detections that count (others are skipped);
-    ``normalize``: DETAD's normalised precision R*N / (R*N + FP) with N this average number of positives."""
-    n_t, n = tp.shape
-    if npos <= 0:
-        return np.full(n_t, np.nan)
-    if n == 0:
-        return np.zeros(n_t)
-    if keep is None:
-        rank = np.arange(1, n + 1, dtype=np.float64)
-    else:
-        tp = tp & keep
-        rank = np.cumsum(keep, axis=1, dtype=np.float64)
-    tp_cum = np.cumsum(tp, axis=1, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if normalize is None:
-            precision = np.where(rank > 0, tp_cum / rank, 0.0)
-        else:
-            scaled = tp_cum / npos * normalize
-            precision = np.where(rank > 0, scaled / (scaled + (rank - tp_cum)), 0.0)
-    if keep is not None:
-        precision = np.where(keep, precision, 0.0)
-    envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
-    # Recall rises by 1/npos exactly at each true positive.
-    return (envelope * tp).sum(axis=1) / npos
-
-
-def class_slices(preds: PredictionArrays, n_classes: int) -> np.ndarray:
-    """Start offsets of each class's block in the ranked detections (length n_classes + 1)."""
-    return np.searchsorted(preds.label, np.arange(n_classes + 1), "left")
-
-
-def per_class_ap(matching: Matching, gt_mask: np.ndarray | None = None, normalize: float | None = None) -> np.ndarray:
-    """[T, C] AP; with ``gt_mask`` only the masked instances are positives and detections matched to
-    other instances are skipped (DETAD's breakdown convention).  Classes without positives are nan."""
-    gt, preds = matching.gt, matching.preds
-    n_c, n_t = len(gt.classes), len(matching.tiou_thresholds)
-    positive = np.ones(len(gt), bool) if gt_mask is None else gt_mask
-    npos = np.bincount(gt.label[positive], minlength=n_c)
-    bounds = class_slices(preds, n_c)
-    tp_all = matching.matched >= 0
-    if gt_mask is not None:
-        keep_all = ~tp_all | positive[np.where(tp_all, matching.matched, 0)]
-    ap = np.full((n_t, n_c), np.nan)
-    for c in range(n_c):
-        a, b = bounds[c], bounds[c + 1]
-        keep = None if gt_mask is None else keep_all[:, a:b]
-        ap[:, c] = average_precision(tp_all[:, a:b], int(npos[c]), keep, normalize)
-    return ap
-
-
 def evaluate_detection(gt: AnnotationSet, preds: dict[str, list[Detection]], tiou_thresholds,
                        dedup_gt: bool = False, classes=None, *, breakdown_bins: str | None = None,
                        return_matching: bool = False):
@@ -332,7 +105,5 @@ def evaluate_detection(gt: AnnotationSet, preds: dict[str, list[Detection]], tio
         missing_classes=missing,
     )
     if breakdown_bins:
-        from tal.eval.breakdown import breakdown  # breakdown builds on this module
-
         report.breakdown = breakdown(matching, breakdown_bins)
     return (report, matching) if return_matching else report

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from tal.data.annotations import AnnotationBuilder, AnnotationError
+from tal.data.annotation_types import AnnotationBuilder, AnnotationError
 
 CSV_NAMES = ("video_info_new.csv", "video_info.csv")
 

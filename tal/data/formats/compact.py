@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tal.data.annotations import AnnotationBuilder, AnnotationError
+from tal.data.annotation_types import AnnotationBuilder, AnnotationError
 
 
 def read(builder: AnnotationBuilder, data) -> None:

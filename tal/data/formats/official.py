@@ -7,7 +7,7 @@ omit ``duration``; it is then unknown (nan) and nothing is clipped.
 
 from __future__ import annotations
 
-from tal.data.annotations import AnnotationBuilder, AnnotationError
+from tal.data.annotation_types import AnnotationBuilder, AnnotationError
 
 
 def read(builder: AnnotationBuilder, data, require_fps: bool = False) -> None:

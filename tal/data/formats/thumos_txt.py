@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from tal.data.annotations import AnnotationBuilder, AnnotationError
+from tal.data.annotation_types import AnnotationBuilder, AnnotationError
 
 FILE_RE = re.compile(r"^(?P<label>[A-Za-z0-9]+)_(?P<subset>val|test|validation|train)\.txt$")
 AMBIGUOUS = "Ambiguous"
