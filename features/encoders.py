@@ -11,7 +11,6 @@ every process builds the same model, recorded as "random"). Weights that cannot 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from features.errors import StovtalError
+from features.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +30,6 @@ RANDOM_SEED = 0
 
 class EncoderError(StovtalError):
     """The encoder cannot be built as asked; a one-line message that says what to do."""
-
-
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _first_line(exc: Exception) -> str:

@@ -8,7 +8,6 @@ instead of producing quiet nonsense.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import random
 from pathlib import Path
@@ -50,14 +49,6 @@ def load_checkpoint(path) -> dict:
         if key not in state:
             raise CheckpointError(f"{path}: checkpoint lacks the field {key!r}")
     return state
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- provenance

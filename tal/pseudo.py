@@ -14,7 +14,6 @@ official-format annotation file written atomically.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -25,6 +24,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from features.errors import StovtalError
+from features.hashing import sha256_file
 from tal.atomic import atomic_open
 from tal.eval.detection import tiou_matrix
 from tal.atomic import atomic_write_json as _atomic_write_json
@@ -128,14 +128,6 @@ def _part_name(index: int, count: int) -> str:
 
 def atomic_write_json(path: Path, obj) -> None:
     _atomic_write_json(path, obj, indent=1, sort_keys=True)
-
-
-def file_sha256(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- shard writer
@@ -386,7 +378,7 @@ def pseudo_label_store(store, checkpoint, out, cfg: FilterConfig, *, shard: tupl
     mcfg = localizer.config.model
     run_meta = {
         "kind": "pseudo-labels", "label": PSEUDO_LABEL,
-        "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": file_sha256(checkpoint), "weights": "ema",
+        "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": sha256_file(checkpoint), "weights": "ema",
         "store": str(store.resolve()), "store_encoder": encoder,
         "threshold": cfg.threshold, "top_k": cfg.top_k, "dedup_iou": cfg.dedup_iou, "min_duration": cfg.min_duration,
         "nms": mcfg.nms_method, "max_proposals": mcfg.max_seg_num,

@@ -300,7 +300,8 @@ def tiny_stage1(tmp_path_factory):
 
 def test_pseudo_label_store_writes_official_file_with_provenance(tiny_stage1, tmp_path):
     from tal.data.annotations import load_annotations
-    from tal.pseudo import file_sha256, pseudo_label_store
+    from features.hashing import sha256_file
+    from tal.pseudo import pseudo_label_store
 
     root, _, ckpt = tiny_stage1
     out = tmp_path / "pl.json"
@@ -312,7 +313,7 @@ def test_pseudo_label_store_writes_official_file_with_provenance(tiny_stage1, tm
     assert len(segs) == stats.segments and all(s.pseudo and s.score is not None for s in segs)
     assert all(len(v.segments) >= 1 and len(v.segments) <= 5 for v in aset.videos.values())  # top-1 floor, top-k cap
     assert all(0 <= s.start < s.end <= v.duration + 1e-6 for v in aset.videos.values() for s in v.segments)
-    assert aset.provenance["checkpoint_sha256"] == file_sha256(ckpt)
+    assert aset.provenance["checkpoint_sha256"] == sha256_file(ckpt)
     assert aset.provenance["threshold"] == 0.05 and aset.provenance["store"].endswith("web.zarr")
 
 
