@@ -38,6 +38,8 @@ def atomic_write_bytes(path, data: bytes) -> None:
         f.write(data)
 
 
-def atomic_write_json(path, obj, **dump_kwargs) -> None:
+def atomic_write_json(path, obj, *, indent: int | None = 1, **dump_kwargs) -> None:
+    """The one JSON writer: ``obj`` to ``path`` atomically; indented for people to read unless ``indent=None``
+    (large machine-read files: annotations, predictions)."""
     with atomic_open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, **dump_kwargs)
+        json.dump(obj, f, indent=indent, **dump_kwargs)

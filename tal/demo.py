@@ -59,7 +59,7 @@ def selftrain_config(paths: dict, seed: int, *, threshold: float = 0.05, overrid
 
 
 def run_demo(out, seed: int = 0, *, progress: bool = True, overrides=(), counts: dict | None = None) -> dict:
-    from tal.pseudo import atomic_write_json
+    from tal.atomic import atomic_write_json
     from tal.selftrain import format_table, plot_report, run_selftrain
 
     out = Path(out)

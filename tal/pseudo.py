@@ -25,9 +25,8 @@ import numpy as np
 
 from features.errors import StovtalError
 from features.hashing import sha256_file
-from tal.atomic import atomic_open
+from tal.atomic import atomic_open, atomic_write_json
 from tal.eval.detection import tiou_matrix
-from tal.atomic import atomic_write_json as _atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +123,6 @@ def parts_dir_for(out: Path) -> Path:
 
 def _part_name(index: int, count: int) -> str:
     return f"shard-{index:05d}-of-{count:05d}"
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    _atomic_write_json(path, obj, indent=1, sort_keys=True)
 
 
 # --------------------------------------------------------------------------------------------- shard writer

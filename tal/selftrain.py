@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from features.errors import StovtalError
-from tal.pseudo import FilterConfig, atomic_write_json, pseudo_label_store
+from tal.atomic import atomic_write_json
+from tal.pseudo import FilterConfig, pseudo_label_store
 
 log = logging.getLogger("tal.selftrain")
 

@@ -30,7 +30,8 @@ import click
 import numpy as np
 
 from features.cli_support import Command
-from tal.pseudo import atomic_write_json, pseudo_label_store, refilter
+from tal.atomic import atomic_write_json
+from tal.pseudo import pseudo_label_store, refilter
 from tal.selftrain import SIMULATED_NOTE, evaluate_stage, run_selftrain, summarize, train_stage
 
 log = logging.getLogger("tal.study")

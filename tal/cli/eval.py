@@ -9,7 +9,8 @@ import click
 import numpy as np
 
 from features.cli_support import Command
-from tal.data.annotations import load_annotations, write_json_atomic
+from tal.atomic import atomic_write_json
+from tal.data.annotations import load_annotations
 from tal.eval.breakdown import BINS
 from tal.eval.detection import TIOU_PRESETS, evaluate_detection
 from tal.eval.predictions import load_predictions
@@ -120,7 +121,7 @@ def run(gt_path, pred_path, subset, gt_format, video_info, tiou, preset, split_s
         result["gt"] = str(gt_path)
         result["pred"] = str(pred_path)
         result["dedup_gt"] = bool(dedup_gt)
-        write_json_atomic(strict_json(result), json_out)
+        atomic_write_json(json_out, strict_json(result))
         log.info("wrote %s", json_out)
     if plot_dir:
         from tal.eval.plots import write_plots

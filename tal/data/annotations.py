@@ -75,11 +75,6 @@ def load_annotations(path, fmt: str = "auto", subset: str | None = None, *, stri
     return builder.finish(fmt, provenance)
 
 
-def write_json_atomic(obj, path) -> None:
-    """Write JSON so that the target is never half-written (see tal.atomic)."""
-    atomic_write_json(path, obj)
-
-
 def to_official(aset: AnnotationSet) -> dict:
     database = {}
     for vid, video in aset.videos.items():
@@ -106,4 +101,4 @@ def to_official(aset: AnnotationSet) -> dict:
 
 def write_official(aset: AnnotationSet, path) -> None:
     """Write the official ActivityNet layout atomically (``provenance`` goes in a top-level key)."""
-    write_json_atomic(to_official(aset), path)
+    atomic_write_json(path, to_official(aset), indent=None)

@@ -12,7 +12,8 @@ from operator import attrgetter
 
 import numpy as np
 
-from tal.data.annotations import AnnotationError, read_json, to_float, write_json_atomic
+from tal.atomic import atomic_write_json
+from tal.data.annotations import AnnotationError, read_json, to_float
 
 
 class PredictionError(AnnotationError):
@@ -77,4 +78,4 @@ def write_predictions(preds: dict[str, list[Detection]], path, external_data=Non
         for vid, dets in preds.items()
     }
     external = external_data if external_data is not None else {"used": False, "details": ""}
-    write_json_atomic({"version": version, "results": results, "external_data": external}, path)
+    atomic_write_json(path, {"version": version, "results": results, "external_data": external}, indent=None)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from features.errors import StovtalError
+from tal.atomic import atomic_write_bytes, atomic_write_json
 from tal.data.annotations import AnnotationSet
 from tal.eval.detection import DetectionReport, evaluate_detection
 
@@ -128,17 +129,13 @@ def read_split_file(path) -> Split:
 
 def write_split_file(split: Split, path) -> None:
     """JSON for a ``.json`` suffix, else the two-section text format; written atomically."""
-    from tal.data.annotations import write_json_atomic
-
     path = Path(path)
     if path.suffix.lower() == ".json":
-        write_json_atomic(split.to_dict(), path)
+        atomic_write_json(path, split.to_dict())
         return
     text = f"# split {split.name}\n[base]\n" + "".join(f"{c}\n" for c in split.base)
     text += "[novel]\n" + "".join(f"{c}\n" for c in split.novel)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 _SPEC_RE = re.compile(r"^(?P<dataset>[A-Za-z0-9.]+):(?P<ratio>\d+):(?P<index>\d+|\d+-\d+|all)$")

@@ -17,7 +17,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from features.store import Grid, StoreError, VideoInfo, create_store, open_store
-from tal.data.annotations import write_json_atomic, write_official
+from tal.atomic import atomic_write_json
+from tal.data.annotations import write_official
 from tal.sim.config import Counts, SimConfig
 from tal.sim.split import annotations_of, iter_plans, rows_of
 from tal.sim.world import TEXT_TEMPLATE, World, make_world
@@ -127,8 +128,8 @@ def write_benchmark(out_dir, cfg: SimConfig, *, n_curated_train: int, n_web_unla
         paths[f"{spec.name}_annotations"] = out / f"{spec.name}.json"
         write_split(world, spec, n, paths[f"{spec.name}_store"], paths[f"{spec.name}_annotations"], progress)
     paths["split"] = out / "split.json"
-    write_json_atomic({"name": f"sim-seed{cfg.seed}", "simulated": True, "base": world.base, "novel": world.novel},
-                      paths["split"])
+    atomic_write_json(paths["split"], {"name": f"sim-seed{cfg.seed}", "simulated": True, "base": world.base,
+                                       "novel": world.novel})
     paths["manifest"] = out / "benchmark.json"
     manifest = {"simulated": True, "generator": "tal.sim", "generator_version": GENERATOR_VERSION, "seed": cfg.seed,
                 "config_sha": fingerprint(cfg),
@@ -139,5 +140,5 @@ def write_benchmark(out_dir, cfg: SimConfig, *, n_curated_train: int, n_web_unla
                                                               if g == i] for i, f in enumerate(world.family_names)},
                 "base": world.base, "novel": world.novel,
                 "files": {k: str(v) for k, v in paths.items() if k != "manifest"}, "config": cfg.to_dict()}
-    write_json_atomic(manifest, paths["manifest"])
+    atomic_write_json(paths["manifest"], manifest)
     return paths
