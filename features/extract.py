@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import logging
-import os
 import queue
 import threading
 import time
@@ -79,30 +78,6 @@ def collect_videos(inputs, list_file=None) -> list[VideoJob]:
         else:
             add(entry.stem, entry)
     return [jobs[k] for k in sorted(jobs)]
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'i/n' -> (i, n) with 0 <= i < n."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise ExtractError(f"shard {text!r}: expected i/n, e.g. 0/4 (from --shard or RANK/WORLD_SIZE)") from None
-    if count < 1 or not 0 <= index < count:
-        raise ExtractError(f"shard {text!r}: need 0 <= i < n (from --shard or RANK/WORLD_SIZE)")
-    return index, count
-
-
-def shard_from_env(env=os.environ) -> tuple[int, int] | None:
-    """(RANK, WORLD_SIZE) when started by torchrun with more than one process."""
-    if "RANK" not in env or "WORLD_SIZE" not in env:
-        return None
-    shard = parse_shard(f"{env['RANK']}/{env['WORLD_SIZE']}")
-    return shard if shard[1] > 1 else None
-
-
-def shard_jobs(jobs: list[VideoJob], index: int, count: int) -> list[VideoJob]:
-    """Round-robin over the sorted list: deterministic, and long/short videos spread evenly."""
-    return jobs[index::count]
 
 
 def shard_store_path(store, index: int, count: int) -> Path:

@@ -16,7 +16,8 @@ import click
 
 from features.cli_support import Group
 from features.extract import (EXIT_SOME_FAILED, ExtractOptions, collect_videos, extract_videos,
-                              extract_vocabulary, parse_shard, shard_from_env, shard_jobs, shard_store_path)
+                              extract_vocabulary, shard_store_path)
+from features.shards import parse_shard, shard_from_env, shard_slice
 
 log = logging.getLogger("features.extract")
 
@@ -101,7 +102,7 @@ def videos_cmd(videos, list_file, store, model, pretrained, checkpoint, fps, num
     if not jobs:
         raise click.ClickException("no videos found in " + ", ".join(str(v) for v in videos or [list_file]))
     if where is not None:
-        jobs = shard_jobs(jobs, *where)
+        jobs = shard_slice(jobs, *where)
         store = shard_store_path(store, *where)
         log.info("shard %d/%d: %d videos into %s", where[0], where[1], len(jobs), store)
         if not jobs:  # more shards than videos: this one has nothing to do, which is not an error

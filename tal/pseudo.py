@@ -25,6 +25,7 @@ import numpy as np
 
 from features.errors import StovtalError
 from features.hashing import sha256_file
+from features.shards import shard_slice
 from tal.atomic import atomic_open, atomic_write_json
 from tal.eval.detection import tiou_matrix
 
@@ -103,19 +104,6 @@ def filter_proposals(segments, scores, duration: float, cfg: FilterConfig) -> Fi
 
 
 # --------------------------------------------------------------------------------------------- sharding
-def parse_shard(spec: str) -> tuple[int, int]:
-    """'i/n' → (i, n) with 0 <= i < n."""
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec or "")
-    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
-        raise PseudoLabelError(f"--shard must look like i/n with 0 <= i < n, got {spec!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
-def shard_ids(video_ids: list[str], index: int, count: int) -> list[str]:
-    """Interleaved shards: balanced even when long videos cluster in store order."""
-    return video_ids[index::count]
-
-
 def parts_dir_for(out: Path) -> Path:
     out = Path(out)
     return out.with_name(out.name + ".parts")
@@ -379,7 +367,7 @@ def pseudo_label_store(store, checkpoint, out, cfg: FilterConfig, *, shard: tupl
         "nms": mcfg.nms_method, "max_proposals": mcfg.max_seg_num,
     }
     writer = ShardWriter(parts_dir_for(out), index, count, run_meta)
-    mine = shard_ids(ids, index, count)
+    mine = shard_slice(ids, index, count)
     del ids
     todo = writer.pending(mine)
     log.info("shard %d/%d of %s: %d videos, %d to do", index, count, store, len(mine), len(todo))

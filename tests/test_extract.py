@@ -10,7 +10,8 @@ import torch
 from features.decode import VideoSource
 from features.encoders import EncoderError, load_encoder
 from features.extract import (ExtractError, ExtractOptions, collect_videos, extract_videos, extract_vocabulary,
-                              parse_shard, shard_from_env, shard_jobs, shard_store_path)
+                              shard_store_path)
+from features.shards import ShardError, parse_shard, shard_from_env, shard_slice
 from features.store import Grid, open_store
 from features.store.ops import validate
 from conftest import videos_named
@@ -202,15 +203,15 @@ def test_collect_and_shard(tmp_path):
     jobs = collect_videos([tmp_path], list_file=listing)
     assert [j.video_id for j in jobs] == ["a/x", "b", "c", "d", "link"]
     assert jobs[3].path == tmp_path / "elsewhere" / "d.mp4"
-    parts = [shard_jobs(jobs, i, 2) for i in range(2)]
+    parts = [shard_slice(jobs, i, 2) for i in range(2)]
     assert [j.video_id for j in parts[0]] == ["a/x", "c", "link"] and [j.video_id for j in parts[1]] == ["b", "d"]
     assert parse_shard("1/4") == (1, 4)
     assert shard_from_env({"RANK": "3", "WORLD_SIZE": "8"}) == (3, 8)
     assert shard_from_env({"RANK": "0", "WORLD_SIZE": "1"}) is None and shard_from_env({}) is None
-    with pytest.raises(ExtractError, match="RANK"):
+    with pytest.raises(ShardError, match="RANK"):
         shard_from_env({"RANK": "8", "WORLD_SIZE": "8"})
     for bad in ("4/4", "x", "1/0", "-1/2"):
-        with pytest.raises(ExtractError):
+        with pytest.raises(ShardError):
             parse_shard(bad)
     assert shard_store_path(tmp_path / "f.zarr", 1, 4).name == "f.shard-1-of-4.zarr"
     (tmp_path / "dup").mkdir()

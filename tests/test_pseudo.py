@@ -6,8 +6,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from features.shards import ShardError, parse_shard, shard_slice
 from tal.pseudo import (FilterConfig, FilterResult, PseudoLabelError, ShardWriter, filter_proposals, merge_parts,
-                        parse_shard, parts_dir_for, shard_ids)
+                        parts_dir_for)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -93,10 +94,10 @@ def test_bad_filter_settings_are_refused(kw):
 def test_shard_spec_and_slices():
     assert parse_shard("1/3") == (1, 3)
     for bad in ("3/3", "a/b", "1", "0/0"):
-        with pytest.raises(PseudoLabelError):
+        with pytest.raises(ShardError):
             parse_shard(bad)
     ids = [f"v{i}" for i in range(10)]
-    parts = [shard_ids(ids, i, 3) for i in range(3)]
+    parts = [shard_slice(ids, i, 3) for i in range(3)]
     assert sorted(sum(parts, [])) == sorted(ids)
 
 
@@ -111,7 +112,7 @@ def _result(k, i):
 
 def _write_shard(parts, i, n, ids, stop_after=None):
     w = ShardWriter(parts, i, n, META)
-    todo = w.pending(shard_ids(ids, i, n))
+    todo = w.pending(shard_slice(ids, i, n))
     for j, vid in enumerate(todo):
         if stop_after is not None and j == stop_after:
             w.close()

@@ -12,7 +12,8 @@ import logging
 import click
 
 from features.cli_support import Group
-from tal.pseudo import FilterConfig, PseudoLabelError, merge_parts, parse_shard, parts_dir_for, pseudo_label_store
+from features.shards import ShardError, parse_shard
+from tal.pseudo import FilterConfig, PseudoLabelError, merge_parts, parts_dir_for, pseudo_label_store
 
 
 @click.group(cls=Group, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,7 +51,7 @@ def main(ctx, store, checkpoint, threshold, top_k, dedup_iou, min_duration, shar
         cfg = FilterConfig(threshold=threshold, top_k=top_k, dedup_iou=None if dedup_iou >= 1 else dedup_iou,
                            min_duration=min_duration)
         index, count = parse_shard(shard)
-    except PseudoLabelError as e:
+    except (PseudoLabelError, ShardError) as e:  # bad option values: a usage error (exit 2)
         raise click.BadParameter(str(e)) from None
     stats = pseudo_label_store(store, checkpoint, out, cfg, shard=(index, count), batch_size=batch_size,
                                num_workers=num_workers, device=device, progress=not quiet)
