@@ -29,9 +29,11 @@ import numpy as np
 
 from tal.data.annotations import AnnotationSet
 from tal.eval.breakdown import breakdown
-from tal.eval.matching import (Matching, flatten_ground_truth, flatten_predictions, match_detections,  # noqa: F401
-                               per_class_ap, tiou_matrix)
+from tal.eval.matching import (Matching, flatten_ground_truth, flatten_predictions, match_detections, per_class_ap,
+                               tiou_matrix)
 from tal.eval.predictions import Detection
+
+__all__ = ["TIOU_PRESETS", "DetectionReport", "EvaluationWarning", "Matching", "evaluate_detection", "tiou_matrix"]
 
 TIOU_PRESETS = {"thumos": np.array([0.3, 0.4, 0.5, 0.6, 0.7]), "anet": np.linspace(0.5, 0.95, 10)}
 
