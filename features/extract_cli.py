@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from features.class_names import read_class_names
 from features.cli_support import Group
 from features.extract import (EXIT_SOME_FAILED, ExtractOptions, collect_videos, extract_videos,
                               extract_vocabulary, shard_store_path)
@@ -123,22 +124,6 @@ def videos_cmd(videos, list_file, store, model, pretrained, checkpoint, fps, num
     sys.exit(summary.exit_code)
 
 
-def _read_classes(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(f"{path}: cannot read ({exc})", param_hint="--classes") from None
-    classes = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    if not classes:
-        raise click.BadParameter(f"{path}: no class names", param_hint="--classes")
-    seen = set()
-    for c in classes:
-        if c in seen:
-            raise click.BadParameter(f"{path}: class {c!r} listed twice", param_hint="--classes")
-        seen.add(c)
-    return classes
-
-
 def _same_encoder_as_store(store, prov: dict, model, pretrained, checkpoint):
     """Fill --model/--pretrained from the store's provenance; refuse (before loading) any other encoder."""
     made_by = f"{prov.get('encoder')}/{prov.get('pretrained')}"
@@ -182,7 +167,7 @@ def text_cmd(store, classes_file, name, template, checkpoint, model, pretrained,
     _setup_logging(log_level)
     if template is not None and template.count("{}") != 1:
         raise click.BadParameter(f"{template!r} must contain {{}} exactly once", param_hint="--template")
-    classes = _read_classes(classes_file)
+    classes = read_class_names(classes_file)
     with open_store(store) as fs:
         prov = dict(fs.provenance)
     model, pretrained = _same_encoder_as_store(store, prov, model, pretrained, checkpoint)

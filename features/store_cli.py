@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from features.class_names import read_class_names
 from features.cli_support import Group
 from features.store import StoreError, open_store
 from features.store import ops
@@ -124,10 +125,7 @@ def export_npy(store, directory):
 @click.option("--encoder", default="external", show_default=True, help="Recorded in the vocabulary provenance.")
 def add_vocab(store, name, classes_file, emb_file, template, encoder):
     """Cache class-name text embeddings made elsewhere; their dimension must match the store."""
-    try:
-        classes = [ln.strip() for ln in classes_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except OSError as exc:
-        raise StoreError(f"{classes_file}: {exc.strerror}") from None
+    classes = read_class_names(classes_file)
     try:
         emb = np.load(emb_file, allow_pickle=False)
     except Exception as exc:

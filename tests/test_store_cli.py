@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -216,3 +217,21 @@ def test_convert_cleans_up_after_an_interrupted_convert(tmp_path, suffix):
     run("convert", src, tmp_path / f"b{other}")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     assert contents(src)[:3] == contents(tmp_path / f"b{other}")[:3]
+
+
+def test_class_name_files_one_rule(tmp_path):
+    """Every --classes file is read by features.class_names: comments, blanks, duplicates, encoding."""
+    from features.class_names import ClassNamesError, read_class_names
+
+    good = tmp_path / "good.txt"
+    good.write_text("  High jump \n\n# a comment\nGolf swing\n   # indented comment\n", encoding="utf-8")
+    assert read_class_names(good) == ["High jump", "Golf swing"]
+    for name, text, why in (("dup.txt", "a\nb\n a \n", "dup.txt:3: class 'a' listed twice (first on line 1)"),
+                            ("empty.txt", "# only\n\n", "no class names"),
+                            ("latin1.txt", "caf\xe9\n", "not UTF-8")):
+        path = tmp_path / name
+        path.write_bytes(text.encode("latin-1"))
+        with pytest.raises(ClassNamesError, match=re.escape(why)):
+            read_class_names(path)
+    with pytest.raises(ClassNamesError, match="missing.txt: cannot read"):
+        read_class_names(tmp_path / "missing.txt")

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import click
 from tqdm import tqdm
 
+from features.class_names import read_class_names
 from features.cli_support import Command
-
-
-def _read_class_names(path) -> list[str]:
-    names = [line.strip() for line in Path(path).read_text().splitlines()]
-    names = [n for n in names if n and not n.startswith("#")]
-    if not names:
-        raise click.BadParameter(f"{path}: no class names (one per line)", param_hint="--class-names")
-    return names
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,7 +56,7 @@ def main(features, checkpoint, annotations, subset, vocab, split, which, class_n
         durations = {v: a.duration for v, a in aset.videos.items()}
     names = None
     if class_names:
-        names = _read_class_names(class_names)
+        names = read_class_names(class_names)
     elif split:
         s = load_split(split)
         names = {"novel": s.novel, "base": s.base, "all": s.all}[which]

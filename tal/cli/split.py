@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from features.class_names import read_class_names
 from features.cli_support import Group
 from tal.data.annotations import load_annotations
 from tal.eval.protocols import Split, load_splits, write_split_file
@@ -21,11 +22,7 @@ def read_classes(gt_path, classes_path, what: str) -> list[str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # clipping notes do not matter for the class list
             return load_annotations(gt_path).classes
-    text = Path(classes_path).read_text(encoding="utf-8")
-    names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    if not names:
-        raise click.ClickException(f"{classes_path}: no class names")
-    return names
+    return read_class_names(classes_path)
 
 
 def _emit(split: Split, out) -> None:
