@@ -47,12 +47,15 @@ def main(ctx, store, checkpoint, threshold, top_k, dedup_iou, min_duration, shar
                if value is None]
     if missing:
         raise click.UsageError(f"missing option(s): {', '.join(missing)}")
-    try:
+    try:  # bad option values: usage errors (exit 2)
         cfg = FilterConfig(threshold=threshold, top_k=top_k, dedup_iou=None if dedup_iou >= 1 else dedup_iou,
                            min_duration=min_duration)
-        index, count = parse_shard(shard)
-    except (PseudoLabelError, ShardError) as e:  # bad option values: a usage error (exit 2)
+    except PseudoLabelError as e:
         raise click.BadParameter(str(e)) from None
+    try:
+        index, count = parse_shard(shard)
+    except ShardError as e:
+        raise click.BadParameter(str(e), param_hint="--shard") from None
     stats = pseudo_label_store(store, checkpoint, out, cfg, shard=(index, count), batch_size=batch_size,
                                num_workers=num_workers, device=device, progress=not quiet)
     click.echo(f"shard {index}/{count}: {stats.videos} videos, {stats.segments} pseudo-labels, "
