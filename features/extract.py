@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from features import __version__
+from features.compat import ENCODER_KEYS, FEATURE_KEYS, ROW_KEYS, differing_keys
 from features.decode import VIDEO_EXTENSIONS, DecodeError, SnippetPlan, VideoSource, plan_snippets
 from features.errors import StovtalError
 
@@ -27,9 +28,6 @@ log = logging.getLogger(__name__)
 
 NORMALISE = "mean-of-l2"   # snippet row = mean of the L2-normalised frame embeddings (not re-normalised)
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
-# Provenance keys that must agree before a run may add videos to an existing store.
-COMPATIBLE_KEYS = ("encoder", "model_config_sha256", "pretrained", "init_seed", "image_size", "preprocess",
-                   "precision", "normalise", "fps", "window", "stride", "frame_step", "dtype")
 
 
 class ExtractError(StovtalError):
@@ -130,10 +128,11 @@ def build_provenance(encoder, options: ExtractOptions) -> dict:
 
 def check_compatible(store_path, existing: dict, wanted: dict) -> None:
     """Refuse to mix features made differently in one store."""
-    for key in COMPATIBLE_KEYS:
-        if existing.get(key) != wanted.get(key):
-            raise ExtractError(f"{store_path}: made with {key}={existing.get(key)!r} but this run has "
-                               f"{key}={wanted.get(key)!r}; use the same settings or another --store")
+    differing = differing_keys(existing, wanted, FEATURE_KEYS + ROW_KEYS)
+    if differing:
+        key = differing[0]
+        raise ExtractError(f"{store_path}: made with {key}={existing.get(key)!r} but this run has "
+                           f"{key}={wanted.get(key)!r}; use the same settings or another --store")
 
 
 def open_or_create_store(store_path, encoder, options: ExtractOptions):
@@ -331,11 +330,10 @@ def extract_vocabulary(store_path, encoder, name: str, classes: list[str], templ
     with open_store(store_path, mode="a") as store:
         prov = store.provenance
         mine = encoder.provenance()
-        for key in ("encoder", "model_config_sha256", "pretrained", "init_seed"):
-            if prov.get(key) != mine.get(key):
-                raise ExtractError(
-                    f"{store_path}: features were made by {prov.get('encoder')}/{prov.get('pretrained')}, "
-                    f"not {encoder.model_name}/{encoder.pretrained}; text embeddings must come from the same encoder")
+        if differing_keys(prov, mine, ENCODER_KEYS):
+            raise ExtractError(
+                f"{store_path}: features were made by {prov.get('encoder')}/{prov.get('pretrained')}, "
+                f"not {encoder.model_name}/{encoder.pretrained}; text embeddings must come from the same encoder")
         if store.dim != encoder.dim:
             raise ExtractError(f"{store_path}: store dim {store.dim} != text embedding dim {encoder.dim}")
         embeddings = encoder.encode_texts(texts)

@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from features.compat import feature_identity, mismatches
 from features.errors import StovtalError
 from tal.atomic import atomic_write_bytes
 
 FORMAT = "stovtal-checkpoint-1"
-# Provenance keys that must agree between a checkpoint and a store it is used on.
-COMPAT_KEYS = ("encoder", "pretrained", "dim", "fps", "window", "stride", "frame_step")
 
 
 class CheckpointError(StovtalError, ValueError):
@@ -53,19 +52,15 @@ def load_checkpoint(path) -> dict:
 
 # --------------------------------------------------------------------------------------------- provenance
 def store_provenance(store) -> dict:
-    """The part of a store's provenance that a model depends on, as plain types."""
-    prov = dict(store.provenance or {})
-    out = {"encoder": prov.get("encoder"), "pretrained": prov.get("pretrained"), "dim": int(store.dim)}
-    for key in ("fps", "window", "stride", "frame_step"):
-        value = prov.get(key)
-        out[key] = float(value) if key == "fps" and value is not None else value
-    return out
+    """The part of a store's provenance that a model depends on (features.compat.FEATURE_KEYS), as plain types."""
+    return feature_identity(store.provenance or {}, store.dim)
 
 
 def check_compatible(trained_on: dict, store, checkpoint_path="checkpoint") -> None:
-    """Refuse a store whose encoder, weights, dimension or grid differ from the checkpoint's."""
-    here = store_provenance(store)
-    diffs = [f"{k} {trained_on.get(k)!r} vs {here.get(k)!r}" for k in COMPAT_KEYS if trained_on.get(k) != here.get(k)]
+    """Refuse a store whose features differ from the checkpoint's (encoder, weights, sampling, grid, dimension).
+
+    Keys a checkpoint does not record at all (written before they were added) are not compared."""
+    diffs = mismatches(trained_on, store_provenance(store), only_known=True)
     if diffs:
         raise CheckpointError(f"{checkpoint_path} was trained on other features than {store.path}: "
                               + "; ".join(diffs) + " (checkpoint vs store)")

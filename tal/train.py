@@ -27,6 +27,7 @@ import torch.distributed as torch_dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from features.compat import mismatches
 from features.errors import StovtalError
 from tal import __version__
 from tal.checkpoint import (CheckpointError, check_compatible, check_same_features, load_checkpoint, rng_state,
@@ -233,12 +234,9 @@ def _start_state(run_dir: Path, resume: bool, cfg: RunConfig):
 
 def _load_weights(module, path, key_order, provenance, what):
     state = load_checkpoint(path)
-    diffs = [k for k in ("encoder", "pretrained", "dim", "fps", "window", "stride", "frame_step")
-             if state["provenance"].get(k) != provenance.get(k)]
+    diffs = mismatches(state["provenance"], provenance, only_known=True)
     if diffs:
-        raise CheckpointError(f"{path}: {what} was trained on other features ("
-                              + ", ".join(f"{k} {state['provenance'].get(k)!r} vs {provenance.get(k)!r}" for k in diffs)
-                              + ")")
+        raise CheckpointError(f"{path}: {what} was trained on other features ({', '.join(diffs)})")
     key = next(k for k in key_order if state.get(k) is not None)
     try:
         module.load_state_dict(state[key])

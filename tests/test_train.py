@@ -81,6 +81,23 @@ def test_mismatching_store_refused(bench, closed_run, tmp_path):
     other_dim, *_ = make_benchmark(tmp_path, n_videos=2, name="otherdim", dim=48)
     with pytest.raises(CheckpointError, match="dim 32 vs 48"):
         list(iter_detections(other_dim, closed_run))
+    # the same encoder name with other random weights (init_seed) or another preprocessing is other features
+    other_seed, *_ = make_benchmark(tmp_path, n_videos=2, name="otherseed", store_provenance=provenance(init_seed=7))
+    with pytest.raises(CheckpointError, match="init_seed None vs 7"):
+        list(iter_detections(other_seed, closed_run))
+    other_norm, *_ = make_benchmark(tmp_path, n_videos=2, name="othernorm", store_provenance=provenance(normalise="x"))
+    with pytest.raises(CheckpointError, match="normalise 'l2' vs 'x'"):
+        list(iter_detections(other_norm, closed_run))
+
+
+def test_checkpoint_without_newer_provenance_keys_still_loads(closed_run, bench):
+    """A checkpoint written before a key joined features.compat.FEATURE_KEYS is compared on what it records."""
+    from features.compat import mismatches
+
+    state = load_checkpoint(closed_run)
+    old = {k: state["provenance"][k] for k in ("encoder", "pretrained", "dim", "fps", "window", "stride", "frame_step")}
+    assert mismatches(old, dict(state["provenance"], init_seed=3), only_known=True) == []
+    assert mismatches(old, dict(state["provenance"], stride=2), only_known=True) == ["stride 4 vs 2"]
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, closed_run):

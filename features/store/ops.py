@@ -13,14 +13,12 @@ from urllib.parse import quote, unquote
 import numpy as np
 from tqdm import tqdm
 
+from features.compat import differing_keys
+
 from .core import FeatureStore, package_version, backend_for, create_store, open_store
 from .model import Grid, StoreError, VideoInfo, allowed_row_counts
 
 log = logging.getLogger(__name__)
-
-# Provenance keys that may differ between stores holding compatible features.
-VOLATILE_PROVENANCE = ("created",)
-
 
 # --- file names for ids ---------------------------------------------------------------------------
 
@@ -169,10 +167,6 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def comparable_provenance(prov: dict) -> dict:
-    return {k: v for k, v in prov.items() if k not in VOLATILE_PROVENANCE}
-
-
 def merge(dst_path, src_paths, progress: bool = False) -> dict:
     """Join per-shard stores into dst (created from the first source when missing; resumable).
 
@@ -220,9 +214,8 @@ def merge(dst_path, src_paths, progress: bool = False) -> dict:
 
 
 def _check_compatible(a: FeatureStore, b: FeatureStore) -> None:
-    pa, pb = comparable_provenance(a.provenance), comparable_provenance(b.provenance)
-    if pa != pb or a.dim != b.dim or a.dtype != b.dtype:
-        diff = sorted(k for k in set(pa) | set(pb) if pa.get(k) != pb.get(k))
+    diff = differing_keys(a.provenance, b.provenance)
+    if diff or a.dim != b.dim or a.dtype != b.dtype:
         raise StoreError(f"{b.path}: provenance differs from {a.path} in {', '.join(diff) or 'dim/dtype'}")
 
 
