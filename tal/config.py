@@ -8,6 +8,8 @@ pseudo-labels, loader) and ``train`` (optimiser, schedule, EMA, evaluation). The
 from __future__ import annotations
 
 import copy
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -111,12 +113,13 @@ class RunConfig:
         unknown = sorted(set(d) - {"model", "data", "train"})
         if unknown:
             raise ConfigError(f"{source}: unknown section(s) {', '.join(unknown)} (expected model, data, train)")
+        model_values = _typed(ModelConfig, d.get("model"), "model", source)
         try:
-            model = ModelConfig.from_dict(dict(d.get("model") or {}))
+            model = ModelConfig.from_dict(model_values)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{source}: {e}") from None
-        data = _section(DataConfig, d.get("data"), "data", source)
-        train = _section(TrainConfig, d.get("train"), "train", source)
+        data = DataConfig(**_typed(DataConfig, d.get("data"), "data", source))
+        train = TrainConfig(**_typed(TrainConfig, d.get("train"), "train", source))
         for part in (data, train):
             try:
                 part.validate()
@@ -130,13 +133,57 @@ class RunConfig:
         return self.data.resize_len or self.model.max_seq_len
 
 
-def _section(cls, d, name, source):
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _field_types(cls) -> dict[str, tuple]:
+    """Field name -> the plain types its annotation allows, e.g. ``float | None`` -> (float, NoneType)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: tuple(typing.get_origin(t) or t for t in (typing.get_args(hints[f.name])
+                                                             if isinstance(hints[f.name], types.UnionType)
+                                                             else (hints[f.name],)))
+            for f in fields(cls)}
+
+
+def _typed(cls, d, name, source) -> dict:
+    """A section's values converted to what each field holds; unknown keys and impossible values are errors.
+
+    Numbers the field expects parse from strings too (YAML 1.1 reads ``1e-3`` as a string); a text field keeps
+    text (``train.eval_subset: 2014`` stays the string "2014")."""
     d = dict(d or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
+    allowed = _field_types(cls)
+    unknown = sorted(set(d) - set(allowed))
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(name + '.' + k for k in unknown)}")
-    return cls(**{k: _number_or_string(v) for k, v in d.items()})
+    return {k: _coerce(v, allowed[k], f"{source}: {name}.{k}") for k, v in d.items()}
+
+
+def _coerce(value, allowed: tuple, where: str):
+    if isinstance(value, (list, tuple)) and (list in allowed or tuple in allowed):
+        return [_number_or_string(v) for v in value]
+    if isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed):
+        return value  # (None too, where the field allows it)
+    names = " or ".join("a number" if t is float else "an integer" if t is int else t.__name__
+                        for t in allowed if t is not type(None) and not (t is int and float in allowed))
+    if value is None:
+        raise ConfigError(f"{where}: expected {names}, got nothing")
+    if str in allowed and not isinstance(value, (list, tuple, dict)):
+        return value if isinstance(value, str) else _text(value)
+    if (float in allowed or int in allowed) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is not None and float in allowed:
+            return number
+        if number is not None and number.is_integer():
+            return int(number)
+    raise ConfigError(f"{where}: expected {names}, got {value!r}")
+
+
+def _text(value) -> str:
+    """YAML read a text value as a number or boolean: give back the text as written (2014, not 2014.0)."""
+    return value.text if isinstance(value, _RawText) else str(value)
 
 
 def preset_path(preset: str) -> Path:
@@ -149,8 +196,16 @@ def preset_path(preset: str) -> Path:
     return path
 
 
+class _RawText:
+    """An override value YAML read as a number or boolean, with the text the user wrote (for text fields)."""
+
+    def __init__(self, value, text: str):
+        self.value, self.text = value, text
+
+
 def parse_override(item: str) -> tuple[list[str], object]:
-    """``model.embd_dim=128`` -> (["model", "embd_dim"], 128); values are parsed as YAML."""
+    """``model.embd_dim=128`` -> (["model", "embd_dim"], 128); values are parsed as YAML and converted to what
+    the key holds when the config is built (a text key keeps the text as written)."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. model.embd_dim=128")
@@ -158,11 +213,17 @@ def parse_override(item: str) -> tuple[list[str], object]:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
-    return key.strip().split("."), _number_or_string(parsed)
+    keys = key.strip().split(".")
+    section = SECTIONS.get(keys[0])
+    if len(keys) == 2 and section is not None and keys[1] in _field_types(section):
+        allowed = _field_types(section)[keys[1]]
+        if str in allowed and parsed is not None and not isinstance(parsed, (str, list, dict)):
+            parsed = _RawText(parsed, value.strip())
+    return keys, parsed
 
 
 def _number_or_string(value):
-    # YAML 1.1 reads "1e-3" (no dot) as a string; a number is what anyone writing it means.
+    # List items: YAML 1.1 reads "1e-3" (no dot) as a string; a number is what anyone writing it means.
     if isinstance(value, str):
         try:
             return float(value)
@@ -194,8 +255,6 @@ def load_config(preset: str = "thumos", overrides=()) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with sections model, data, train")
-    raw = {k: ({n: _number_or_string(v) for n, v in sec.items()} if isinstance(sec, dict) else sec)
-           for k, sec in raw.items()}
     return RunConfig.from_dict(apply_overrides(raw, overrides), source=str(path))
 
 

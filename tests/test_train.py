@@ -1,6 +1,7 @@
 """tal.train: overfitting a tiny real-format store, run outputs, checkpoints, stage-2 initialisation, presets."""
 
 import csv
+import re
 
 import pytest
 import torch
@@ -162,6 +163,27 @@ def test_presets_and_overrides():
             load_config("small", [bad])
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config("nonexistent")
+
+
+def test_set_keeps_text_text_and_parses_numbers_the_config_expects(tmp_path):
+    cfg = load_config("small", ["train.eval_subset=2014", "train.lr=1e-3", "train.epochs=3", "model.min_score=1e-4",
+                                "data.crop_ratio=[5e-1, 1]", "train.eval_tiou=[0.3, 5e-1]", "data.pseudo_ratio=1"])
+    assert cfg.train.eval_subset == "2014" and cfg.train.lr == 1e-3 and cfg.train.epochs == 3
+    assert cfg.model.min_score == 1e-4 and cfg.data.crop_ratio == [0.5, 1] and cfg.train.eval_tiou == [0.3, 0.5]
+    assert cfg.data.pseudo_ratio == 1.0 and isinstance(cfg.data.pseudo_ratio, float)
+    assert load_config("small", ["train.eval_subset=2014.10"]).train.eval_subset == "2014.10"  # not 2014.1
+    assert load_config("small", ["train.eval_subset=null"]).train.eval_subset is None
+    preset = tmp_path / "p.yaml"
+    preset.write_text("train:\n  eval_subset: 2014\n  lr: 1e-3\n")
+    from_file = load_config(str(preset))
+    assert from_file.train.eval_subset == "2014" and from_file.train.lr == 1e-3
+    for bad, msg in [("train.lr=abc", "train.lr: expected a number, got 'abc'"),
+                     ("train.epochs=2.5", "train.epochs: expected an integer, got 2.5"),
+                     ("train.ema_warmup=maybe", "train.ema_warmup: expected bool, got 'maybe'"),
+                     ("data.mode=[a]", "data.mode: expected str, got ['a']"),
+                     ("train.lr=", "train.lr: expected a number, got nothing")]:
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            load_config("small", [bad])
 
 
 def test_stage2_trains_on_labels_plus_pseudo_labels_from_another_store(bench, tmp_path):
