@@ -109,7 +109,7 @@ def import_npy(directory, store, fps, stride, window, frame_step, dtype, encoder
 @click.argument("store", type=click.Path(path_type=Path))
 @click.argument("directory", type=click.Path(path_type=Path))
 def export_npy(store, directory):
-    """Write one float32 DIRECTORY/<id>.npy per video (ids percent-encoded into safe file names)."""
+    """Write one float32 DIRECTORY/<id>.npy per video (only /, NUL, a leading . and % escaped in names)."""
     n = ops.export_npy(store, directory, progress=sys.stderr.isatty())
     click.echo(f"wrote {n} files to {directory}")
 

@@ -62,10 +62,22 @@ def test_id_to_filename_is_safe_and_reversible(vid):
     try:
         name = id_to_filename(vid)
     except StoreError as exc:  # only ids whose encoding exceeds a file name's 255 bytes
-        assert "too long for a file name" in str(exc) and 3 * len(vid.encode()) + 4 > 255
+        escapes = sum(vid.count(c) for c in "%/\0") + vid.startswith(".")
+        assert "too long for a file name" in str(exc) and len(vid.encode()) + 2 * escapes + 4 > 255
         return
     assert "/" not in name and "\0" not in name and not name.startswith(".") and len(name.encode()) <= 255
     assert filename_to_id(name) == vid
+
+
+def test_export_names_are_the_ids_as_actionformer_and_opentad_expect():
+    """Only "/", NUL, a leading "." and "%" are escaped; everything else stays as the id is written."""
+    for vid, name in [("video_test_0000004", "video_test_0000004.npy"), ("v_-bJ8kAVM2mE", "v_-bJ8kAVM2mE.npy"),
+                      ("sports/tennis 26", "sports%2Ftennis 26.npy"), ("clip (1) é", "clip (1) é.npy"),
+                      ("50%", "50%25.npy"), (".hidden.mp4", "%2Ehidden.mp4.npy"), ("..", "%2E..npy"),
+                      ("a\0b", "a%00b.npy"), ("x%2Fy", "x%252Fy.npy")]:
+        assert id_to_filename(vid) == name and filename_to_id(name) == vid
+    # names that were never escaped by stovtal come back as they are (no general percent-decoding)
+    assert filename_to_id("a%20b.npy") == "a%20b" and filename_to_id("mid%2Edot.npz") == "mid%2Edot"
 
 
 def test_import_info_validate_export_round_trip(tmp_path, shared_data, suffix):
@@ -87,7 +99,7 @@ def test_import_info_validate_export_round_trip(tmp_path, shared_data, suffix):
         assert s.info("highjump").num_rows == 164 and s.info("highjump").num_frames == -1
     out = tmp_path / "out"
     run("export-npy", store, out)
-    assert sorted(os.listdir(out)) == ["highjump.npy", "sports%2Ftennis%2026.npy"]
+    assert sorted(os.listdir(out)) == ["highjump.npy", "sports%2Ftennis 26.npy"]
     back = np.load(out / "highjump.npy")
     assert back.dtype == np.float32
     np.testing.assert_array_equal(back, np.load(feats / "highjump.npy").astype(np.float16).astype(np.float32))

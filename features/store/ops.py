@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
-from urllib.parse import quote, unquote
 
 import numpy as np
 from tqdm import tqdm
@@ -21,10 +21,16 @@ from .model import Grid, StoreError, VideoInfo, allowed_row_counts
 log = logging.getLogger(__name__)
 
 # --- file names for ids ---------------------------------------------------------------------------
+# ActionFormer/OpenTAD name feature files `<video id>.npy`, so ids are written verbatim; only what a file name
+# cannot hold is escaped: "/" and NUL, a leading "." (hidden files, "." and ".."), and "%" itself, which makes
+# the escaping reversible. import-npy undoes exactly these four and nothing else.
+_ESCAPES = {"%": "%25", "/": "%2F", "\0": "%00"}
+_UNESCAPE = re.compile(r"%25|%2F|%00")
+
 
 def id_to_filename(vid: str, suffix: str = ".npy") -> str:
-    """A safe, reversible file name: percent-encode everything but [A-Za-z0-9_.-~] and a leading dot."""
-    name = quote(vid, safe="")
+    """``<id><suffix>`` with only ``%``, ``/``, NUL and a leading ``.`` escaped (``%25 %2F %00 %2E``)."""
+    name = "".join(_ESCAPES.get(ch, ch) for ch in vid)
     if name.startswith("."):
         name = "%2E" + name[1:]
     name += suffix
@@ -34,7 +40,11 @@ def id_to_filename(vid: str, suffix: str = ".npy") -> str:
 
 
 def filename_to_id(name: str) -> str:
-    return unquote(Path(name).stem) if name.endswith((".npy", ".npz")) else unquote(name)
+    """The id a feature file stands for: its stem with id_to_filename's four escapes undone."""
+    stem = name[:-4] if name.endswith((".npy", ".npz")) else name
+    if stem.startswith("%2E"):
+        stem = "." + stem[3:]
+    return _UNESCAPE.sub(lambda m: {"%25": "%", "%2F": "/", "%00": "\0"}[m.group()], stem)
 
 
 # --- summary --------------------------------------------------------------------------------------
@@ -248,7 +258,7 @@ def load_feature_file(path: Path) -> np.ndarray:
 
 def import_npy(directory, store_path, *, fps: float, stride: int, window: int, frame_step: int = 1,
                dtype: str = "float16", encoder: str = "external", progress: bool = False) -> dict:
-    """Import one `<id>.npy`/`.npz` per video (ids are the percent-decoded file stems).
+    """Import one `<id>.npy`/`.npz` per video (ids are the file stems, see filename_to_id).
 
     Resumable: videos already in the store are skipped. A bad file is recorded in the store's failure
     log and the others are imported. Source frame counts are unknown (num_frames=-1) and the duration is
