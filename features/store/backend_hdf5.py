@@ -20,8 +20,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .model import StoreError
-from .records import COMMIT_KEYS, NCOL
+from .model import RowsUnreadable, StoreError
+from .records import COMMIT_KEYS, index_width
 
 DATASETS = {  # name -> (capacity key, dtype, trailing shape given the header)
     "rows": ("rows", None),
@@ -37,7 +37,7 @@ def _dataset_layout(header: dict, name: str):
     if name == "rows":
         return np.dtype(header["dtype"]).newbyteorder("<"), (header["dim"],)
     if name == "index":
-        return np.dtype("<f8"), (NCOL,)
+        return np.dtype("<f8"), (index_width(header["format"]),)
     return np.dtype("u1"), ()
 
 
@@ -108,6 +108,8 @@ class Hdf5Backend:
                     raise ValueError(f"dataset {name!r} is not contiguous and allocated")
         except (OSError, KeyError, ValueError) as exc:
             self.close()
+            if "truncated file" in str(exc):  # HDF5 checks the file's end against its own record of it
+                raise StoreError(f"{self.path}: the file is truncated; the store is damaged ({exc})") from None
             raise StoreError(f"{self.path}: not a stovtal HDF5 store ({exc})") from None
         self._rowbytes = {name: int(np.prod(_dataset_layout(self.header, name)[1], dtype=np.int64))
                           * _dataset_layout(self.header, name)[0].itemsize for name in DATASETS}
@@ -144,7 +146,12 @@ class Hdf5Backend:
             return np.frombuffer(self._mm, dtype, count, offset).reshape((stop - start,) + tail).copy()
         out = np.empty((stop - start,) + tail, dtype=dtype)
         if stop > start:
-            self._pread_into(out, offset)
+            try:
+                self._pread_into(out, offset)
+            except StoreError:
+                if name == "rows":
+                    raise RowsUnreadable(f"the file ends before rows {start}-{stop} (truncated)", start, stop) from None
+                raise
         return out
 
     # --- backend interface ------------------------------------------------------------------------

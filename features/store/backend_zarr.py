@@ -1,5 +1,8 @@
 """Zarr 3 backend: a directory store whose every file write is atomic (zarr's LocalStore writes a temp
-file and renames it), so a killed writer can only leave whole chunk files behind."""
+file and renames it), so a killed writer can only leave whole chunk files behind.
+
+Every chunk is written as a file, zeros included (zarr's ``write_empty_chunks``), so a chunk file that is missing
+inside the committed data was lost: reading it is an error naming the file, never zeros."""
 
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from .model import StoreError
-from .records import COMMIT_KEYS, NCOL
+from .model import RowsUnreadable, StoreError
+from .records import COMMIT_KEYS, index_width
 
-INDEX_CHUNK = 1024          # videos per index chunk: a commit rewrites at most one 80 KB chunk
+INDEX_CHUNK = 1024          # videos per index chunk: a commit rewrites at most one 88 KB chunk
+ARRAY_CONFIG = {"write_empty_chunks": True}  # an all-zero chunk is a file too: a missing file means lost data
 BLOB_CHUNK = 1 << 16        # bytes per id/log chunk
 ROW_CHUNK_BYTES = 1 << 20    # ~1 MiB row chunks: each append rewrites at most one partly filled chunk
 
@@ -44,13 +48,15 @@ class ZarrBackend:
             # latency to every read (the whole point of the layout).
             group.create_array("rows", shape=(chunk, dim), chunks=(chunk, dim), dtype=dtype,
                                compressors=None, filters=None, fill_value=0)
-            group.create_array("index", shape=(INDEX_CHUNK, NCOL), chunks=(INDEX_CHUNK, NCOL),
+            ncol = index_width(header["format"])
+            group.create_array("index", shape=(INDEX_CHUNK, ncol), chunks=(INDEX_CHUNK, ncol),
                                dtype="float64", fill_value=0)
             for name in ("ids", "log"):
                 group.create_array(name, shape=(BLOB_CHUNK,), chunks=(BLOB_CHUNK,), dtype="uint8",
                                    fill_value=0)
-            group.create_array("commit", shape=(len(COMMIT_KEYS),), chunks=(len(COMMIT_KEYS),),
-                               dtype="int64", compressors=None, filters=None, fill_value=0)
+            commit = group.create_array("commit", shape=(len(COMMIT_KEYS),), chunks=(len(COMMIT_KEYS),),
+                                        dtype="int64", compressors=None, filters=None, fill_value=0)
+            commit.with_config(ARRAY_CONFIG)[:] = 0  # the commit record exists from the start
             if path.exists():
                 raise StoreError(f"{path}: already exists")
             os.rename(tmp, path)
@@ -63,7 +69,7 @@ class ZarrBackend:
         self._store = LocalStore(path, read_only=not writable)
         self._open_group()
         try:
-            self._arrays = {"commit": self._group["commit"]}
+            self._arrays = {"commit": self._group["commit"].with_config(ARRAY_CONFIG)}
         except KeyError:
             raise StoreError(f"{self.path}: not a stovtal zarr store (no commit array)") from None
         self._tails: dict[str, tuple[int, np.ndarray]] = {}
@@ -84,8 +90,29 @@ class ZarrBackend:
         if refresh or "rows" not in self._arrays:
             # Open the data arrays after reading the commit: a writer grows them before it commits,
             # so these shapes always cover the committed prefix.
-            self._arrays.update({name: self._group[name] for name in ("rows", "index", "ids", "log")})
+            self._arrays.update({name: self._group[name].with_config(ARRAY_CONFIG)
+                                 for name in ("rows", "index", "ids", "log")})
+            self._check_metadata_chunks(commit)
         return commit
+
+    def _chunk_file(self, name: str, k: int) -> Path:
+        arr = self._arrays[name]
+        return self.path / name / arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
+
+    def _check_metadata_chunks(self, commit: dict) -> None:
+        """The commit record and every chunk of the committed index, ids and log must be on disk: zarr would
+        read a missing one as zeros (an empty store, garbled ids). A few stat calls per 1,000 videos."""
+        if not (self.path / "commit" / self._arrays["commit"].metadata.encode_chunk_key((0,))).exists():
+            if any((self.path / "index" / "c").glob("*")) or any((self.path / "rows" / "c").glob("*")):
+                raise StoreError(f"{self.path}: the commit record (commit/c/0) is missing; the store is damaged")
+            return  # a store created by an older stovtal and never written: empty
+        for name, key in (("index", "videos"), ("ids", "id_bytes"), ("log", "log_bytes")):
+            chunk = self._arrays[name].chunks[0]
+            for k in range(-(-commit[key] // chunk)):
+                path = self._chunk_file(name, k)
+                if not path.exists():
+                    raise StoreError(f"{self.path}: chunk file {path.relative_to(self.path)} of the {name} array "
+                                     "is missing; the store is damaged")
 
     def write_commit(self, commit: dict) -> None:
         # One atomic file replace of a 32-byte chunk: the instant a video becomes visible.
@@ -107,14 +134,29 @@ class ZarrBackend:
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         if self._raw_rows is None:
-            return self._arrays["rows"][start:stop]
+            return self._read_zarr(start, stop)
         return self._read_raw(start, stop)
+
+    def _read_zarr(self, start: int, stop: int) -> np.ndarray:
+        """zarr's own reader (layouts other than plain chunks), refusing missing chunks instead of zeros."""
+        chunk = self._arrays["rows"].chunks[0]
+        for k in range(start // chunk, -(-stop // chunk)):
+            path = self._chunk_file("rows", k)
+            if not path.exists():
+                raise RowsUnreadable(f"chunk file {path.relative_to(self.path)} is missing",
+                                     max(start, k * chunk), min(stop, (k + 1) * chunk))
+        try:
+            return self._arrays["rows"][start:stop]
+        except Exception as exc:  # a damaged (e.g. truncated, compressed) chunk: zarr/numcodecs raise many types
+            raise RowsUnreadable(f"zarr cannot read rows {start}-{stop} ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''})", start, stop) from None
 
     def _read_raw(self, start: int, stop: int) -> np.ndarray:
         """Read rows straight from the chunk files, skipping zarr's ~1.5 ms per-call machinery.
 
         Valid because the rows array is stored uncompressed: per the zarr v3 spec, chunk (k, 0) is the
-        file rows/c/k/0 holding chunk_rows x D little-endian values (a missing chunk is all fill value).
+        file rows/c/k/0 holding chunk_rows x D little-endian values. (A missing chunk would be all fill
+        value; stovtal writes every chunk, so inside the committed rows it means lost data: an error.)
         Zarr replaces chunk files atomically, so a chunk is always read whole-old or whole-new."""
         chunk, dtype = self._raw_rows
         dim = self.header["dim"]
@@ -129,25 +171,33 @@ class ZarrBackend:
             try:
                 fd = os.open(self.path / "rows" / "c" / str(k) / "0", os.O_RDONLY)
             except FileNotFoundError:
-                out[pos - start:end - start] = 0
-            else:
-                try:
-                    got, want = 0, len(dst)
-                    while got < want:
-                        n = os.preadv(fd, [dst[got:]], (pos - k * chunk) * rowbytes + got)
-                        if n == 0:
-                            raise StoreError(f"{self.path}: chunk rows/c/{k}/0 is truncated")
-                        got += n
-                finally:
-                    os.close(fd)
+                raise RowsUnreadable(f"chunk file rows/c/{k}/0 is missing", pos, end) from None
+            try:
+                got, want = 0, len(dst)
+                while got < want:
+                    n = os.preadv(fd, [dst[got:]], (pos - k * chunk) * rowbytes + got)
+                    if n == 0:
+                        size = os.fstat(fd).st_size
+                        raise RowsUnreadable(f"chunk file rows/c/{k}/0 is truncated ({size} of "
+                                             f"{chunk * rowbytes} bytes)", pos, end)
+                    got += n
+            finally:
+                os.close(fd)
             pos = end
         return out
 
     def read_index(self, n: int) -> np.ndarray:
-        return self._arrays["index"][:n] if n else np.zeros((0, NCOL))
+        return self._read_metadata("index", n) if n else np.zeros((0, self._arrays["index"].shape[1]))
 
     def read_bytes(self, name: str, n: int) -> bytes:
-        return self._arrays[name][:n].tobytes() if n else b""
+        return self._read_metadata(name, n).tobytes() if n else b""
+
+    def _read_metadata(self, name: str, n: int) -> np.ndarray:
+        try:
+            return self._arrays[name][:n]
+        except Exception as exc:  # a damaged (compressed) chunk file: zarr/numcodecs raise many types
+            raise StoreError(f"{self.path}: the {name} array cannot be read ({type(exc).__name__}); "
+                             "the store is damaged") from None
 
     def write_rows(self, start: int, rows: np.ndarray) -> None:
         self._append("rows", start, rows)

@@ -5,6 +5,10 @@ committed ends, (3) publish a new commit record {videos, rows, id_bytes, log_byt
 write. Readers only look at the committed prefix, so anything a killed writer left past it is
 invisible and is overwritten by the next writer. The index is read once at open (a few calls);
 reading a video is then one contiguous slice of the row array.
+
+Lost data is never read as zeros: each video's index row holds a crc32 of its stored rows (format 2), checked by
+``read(vid, verify=True)``, ``iter_videos(verify=True)`` and ``scan`` (validate --deep, convert, merge); a row
+chunk missing or cut short on disk is an error naming the video and the file on every read.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .lock import WriterLock
-from .model import StoreError, VideoInfo, Vocabulary
-from .records import (C, FORMAT_VERSION, check_info, decode_ids, encode_id,
-                      failure_record, index_row, info_from_row, parse_log, vocabulary_from_record,
+from .model import RowsUnreadable, StoreError, VideoInfo, Vocabulary
+from .records import (C, FORMAT_VERSION, SUPPORTED_FORMATS, check_info, decode_ids, encode_id, failure_record,
+                      index_row, index_width, info_from_row, parse_log, rows_checksum, vocabulary_from_record,
                       vocabulary_record)
 
 DTYPES = ("float16", "float32")
@@ -79,8 +83,10 @@ class FeatureStore:
             self._lock = WriterLock(backend.lock_path(self.path), self.path) if mode == "a" else None
             self._b = backend(self.path, writable=(mode == "a"))
             header = self._b.header
-            if header.get("format") != FORMAT_VERSION:
-                raise StoreError(f"{self.path}: unsupported store format {header.get('format')!r}")
+            if header.get("format") not in SUPPORTED_FORMATS:
+                raise StoreError(f"{self.path}: unsupported store format {header.get('format')!r} "
+                                 f"(this stovtal reads formats {', '.join(map(str, SUPPORTED_FORMATS))})")
+            self.format = int(header["format"])
             self.dim = int(header["dim"])
             self.dtype = np.dtype(header["dtype"])
             self.provenance = dict(header["provenance"])
@@ -134,14 +140,52 @@ class FeatureStore:
         start = int(row[C["offset"]])
         return start, start + int(row[C["length"]])
 
-    def read(self, vid) -> np.ndarray:
-        return self._b.read_rows(*self.row_span(vid))
+    @property
+    def has_checksums(self) -> bool:
+        """Whether videos carry a crc32 of their rows (stores written by stovtal >= 0.2, format 2)."""
+        return self.format >= 2
+
+    def checksum(self, vid) -> int | None:
+        """crc32 of the video's stored rows, or None in a store without checksums."""
+        row = self._row(vid)
+        return int(row[C["crc32"]]) if self.has_checksums else None
+
+    def read(self, vid, verify: bool = False) -> np.ndarray:
+        """The video's rows [T, D]; ``verify`` also checks them against the stored checksum."""
+        start, stop = self.row_span(vid)
+        try:
+            rows = self._b.read_rows(start, stop)
+        except RowsUnreadable as exc:
+            raise StoreError(f"{self.path}: video {vid!r} cannot be read: {exc}") from None
+        if verify:
+            problem = self._damage(vid, rows)
+            if problem:
+                raise StoreError(f"{self.path}: video {vid!r}: {problem}")
+        return rows
+
+    def _damage(self, vid, rows) -> str | None:
+        if not self.has_checksums:
+            return None
+        stored, found = self.checksum(vid), rows_checksum(rows)
+        if found != stored:
+            return f"rows are damaged (crc32 {found:08x}, stored {stored:08x})"
+        return None
 
     def info(self, vid) -> VideoInfo:
         return info_from_row(self._row(vid))
 
-    def iter_videos(self, ids: Iterable[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
-        """Yield (id, rows) in store order, reading many videos per call (a full scan's fast path)."""
+    def iter_videos(self, ids: Iterable[str] | None = None, verify: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+        """Yield (id, rows) in store order, reading many videos per call (a full scan's fast path).
+
+        A video that cannot be read (or, with ``verify``, fails its checksum) stops the scan with an error."""
+        for vid, rows, problem in self.scan(ids, verify):
+            if problem is not None:
+                raise StoreError(f"{self.path}: video {vid!r}: {problem}")
+            yield vid, rows
+
+    def scan(self, ids: Iterable[str] | None = None,
+             verify: bool = False) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+        """Like iter_videos, but a damaged video yields ``(id, None, what is wrong)`` and the scan goes on."""
         wanted = None if ids is None else set(ids)
         order = [i for i, v in enumerate(self._ids) if wanted is None or v in wanted]
         block_rows = max(1, SCAN_BLOCK_BYTES // (self.dim * self.dtype.itemsize))
@@ -157,10 +201,23 @@ class FeatureStore:
                     break
                 j += 1
             last = self._index[order[j]]
-            block = self._b.read_rows(start, int(last[C["offset"]] + last[C["length"]]))
+            try:
+                block = self._b.read_rows(start, int(last[C["offset"]] + last[C["length"]]))
+            except RowsUnreadable:
+                block = None  # read this block's videos one by one to name each damaged one
             for i in order[k:j + 1]:
-                a = int(self._index[i, C["offset"]]) - start
-                yield self._ids[i], block[a:a + int(self._index[i, C["length"]])]
+                vid = self._ids[i]
+                if block is None:
+                    try:
+                        rows = self._b.read_rows(*self.row_span(vid))
+                    except RowsUnreadable as exc:
+                        yield vid, None, f"cannot be read: {exc}"
+                        continue
+                else:
+                    a = int(self._index[i, C["offset"]]) - start
+                    rows = block[a:a + int(self._index[i, C["length"]])]
+                problem = self._damage(vid, rows) if verify else None
+                yield (vid, None, problem) if problem else (vid, rows, None)
             k = j + 1
 
     def failures(self) -> dict[str, str]:
@@ -208,9 +265,9 @@ class FeatureStore:
         entries, offset, id_end = [], c["rows"], c["id_bytes"]
         for (vid, rows, info), key in zip(checked, keys):
             id_end += len(key)
-            entries.append(index_row(offset, info, id_end))
+            entries.append(index_row(offset, info, id_end, rows_checksum(rows)))
             offset += len(rows)
-        entries = np.stack(entries)
+        entries = np.stack(entries)[:, :index_width(self.format)]  # format-1 stores have no checksum column
         self._b.write_index(c["videos"], entries)
         self._b.write_bytes("ids", c["id_bytes"], b"".join(keys))
         self._b.write_commit(need)  # the commit point

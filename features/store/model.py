@@ -14,6 +14,17 @@ class StoreError(StovtalError):
     """A one-line problem with a store, naming the store path and the video/field at fault."""
 
 
+class RowsUnreadable(StoreError):
+    """Row data that is gone or cut short on disk (a missing or truncated chunk file, a truncated HDF5 file).
+
+    Raised by a backend with what is wrong (e.g. ``chunk file rows/c/3/0 is missing``) and the rows
+    ``[start, stop)`` it could not read; the store adds its path and the video."""
+
+    def __init__(self, message: str, start: int, stop: int):
+        super().__init__(message)
+        self.start, self.stop = start, stop
+
+
 @dataclass(frozen=True)
 class Grid:
     """The snippet grid a video was sampled on (all counts in target frames)."""

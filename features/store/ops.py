@@ -62,24 +62,30 @@ def summary(store: FeatureStore) -> dict:
 
 # --- validation -----------------------------------------------------------------------------------
 
-def validate(store: FeatureStore, progress: bool = False) -> list[str]:
-    """Check every video and vocabulary; return one line per problem (empty when the store is sound)."""
+def validate(store: FeatureStore, progress: bool = False, deep: bool = False) -> list[str]:
+    """Check every video and vocabulary; return one line per problem (empty when the store is sound).
+
+    Every video's rows are read (a lost or truncated chunk file is a problem naming the video and the file);
+    ``deep`` also compares each video's rows with its stored checksum (stores without checksums: see
+    ``store.has_checksums``)."""
     problems = []
     expected_offset = 0
     infos = {vid: store.info(vid) for vid in store.video_ids()}
     offsets = {vid: store.row_span(vid)[0] for vid in store.video_ids()}
-    for vid, rows in tqdm(store.iter_videos(), total=len(store), disable=not progress, desc="validate",
-                          unit="video"):
+    for vid, rows, damage in tqdm(store.scan(verify=deep), total=len(store), disable=not progress,
+                                  desc="validate", unit="video"):
         info = infos[vid]
         bad = []
         if offsets[vid] != expected_offset:
             bad.append(f"offset {offsets[vid]} != {expected_offset}")
         expected_offset = offsets[vid] + info.num_rows
-        if rows.ndim != 2 or rows.shape != (info.num_rows, store.dim):
+        if damage is not None:
+            bad.append(damage)
+        elif rows.ndim != 2 or rows.shape != (info.num_rows, store.dim):
             bad.append(f"shape {list(rows.shape)} != [{info.num_rows}, {store.dim}]")
-        if rows.dtype != store.dtype:
+        elif rows.dtype != store.dtype:
             bad.append(f"dtype {rows.dtype} != {store.dtype}")
-        if not np.isfinite(rows).all():
+        elif not np.isfinite(rows).all():
             bad.append("non-finite values")
         allowed = allowed_row_counts(info)
         if allowed is not None and info.num_rows not in allowed:
@@ -131,7 +137,8 @@ def convert(src_path, dst_path, progress: bool = False) -> None:
             with create_store(tmp, dim=src.dim, provenance=src.provenance, dtype=src.dtype.name) as dst:
                 dst.reserve(rows=src.num_rows, videos=len(src),
                             id_bytes=sum(len(v.encode()) for v in src.video_ids()))
-                copy_videos(src, dst, tqdm(src.iter_videos(), total=len(src), disable=not progress,
+                # verified: a damaged source video stops the copy instead of entering dst with a fresh checksum
+                copy_videos(src, dst, tqdm(src.iter_videos(verify=True), total=len(src), disable=not progress,
                                            desc="convert", unit="video"))
                 _copy_metadata(src, dst)
         if dst_path.exists():
@@ -212,7 +219,7 @@ def merge(dst_path, src_paths, progress: bool = False) -> dict:
             added = 0
             for s in srcs:
                 mine = {v for src, v in todo if src is s}
-                videos = tqdm(s.iter_videos(mine), total=len(mine), disable=not progress,
+                videos = tqdm(s.iter_videos(mine, verify=True), total=len(mine), disable=not progress,
                               desc=f"merge {s.path.name}", unit="video")
                 added += copy_videos(s, dst, videos)
             for s in srcs:
@@ -229,8 +236,17 @@ def _check_compatible(a: FeatureStore, b: FeatureStore) -> None:
         raise StoreError(f"{b.path}: provenance differs from {a.path} in {', '.join(diff) or 'dim/dtype'}")
 
 
+def same_video(a: FeatureStore, b: FeatureStore, vid: str) -> bool:
+    """Whether ``vid`` has the same info and rows in both stores (by checksum when both keep them)."""
+    if a.info(vid) != b.info(vid) or a.dtype != b.dtype:
+        return False
+    if a.has_checksums and b.has_checksums:
+        return a.checksum(vid) == b.checksum(vid)
+    return np.array_equal(a.read(vid, verify=True), b.read(vid, verify=True))
+
+
 def _same_video(a: FeatureStore, b: FeatureStore, vid: str) -> None:
-    if a.info(vid) != b.info(vid) or not np.array_equal(a.read(vid), b.read(vid)):
+    if not same_video(a, b, vid):
         raise StoreError(f"video {vid!r} differs between {a.path} and {b.path}")
 
 

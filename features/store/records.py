@@ -2,7 +2,8 @@
 
 Every store holds four growable 1-D/2-D arrays whose committed prefix is named by one commit record:
   rows  [R, D]      the feature rows of all videos, back to back (ragged)
-  index [V, 10]     float64 per video: see COLUMNS (exact for integers below 2**53)
+  index [V, 11]     float64 per video: see COLUMNS (exact for integers below 2**53); format 1 had 10 columns
+                    (no crc32)
   ids   [B] uint8   the UTF-8 ids, back to back; index column id_end marks where each ends
   log   [L] uint8   append-only records: failures and vocabularies (header JSON + payload)
 """
@@ -12,17 +13,32 @@ from __future__ import annotations
 import json
 import math
 import struct
+import zlib
 
 import numpy as np
 
 from .model import Grid, StoreError, VideoInfo, Vocabulary
 
 COLUMNS = ("offset", "length", "src_fps", "duration", "num_frames",
-           "grid_fps", "window", "stride", "frame_step", "id_end")
+           "grid_fps", "window", "stride", "frame_step", "id_end", "crc32")
 NCOL = len(COLUMNS)
 C = {name: i for i, name in enumerate(COLUMNS)}
 COMMIT_KEYS = ("videos", "rows", "id_bytes", "log_bytes")
-FORMAT_VERSION = 1
+# Format 2 adds the crc32 column: a checksum of each video's stored row bytes, so that lost or damaged row data is
+# found (tal-store validate --deep, convert, merge). Format-1 stores still open and append, without checksums.
+FORMAT_VERSION = 2
+SUPPORTED_FORMATS = (1, 2)
+
+
+def index_width(format_version: int) -> int:
+    """Columns of the index array in a store of this format."""
+    return NCOL if format_version >= 2 else C["crc32"]
+
+
+def rows_checksum(rows: np.ndarray) -> int:
+    """crc32 of a video's rows as stored (little-endian bytes of the store dtype)."""
+    data = np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<"))
+    return zlib.crc32(memoryview(data).cast("B")) if data.size else 0
 
 
 def encode_id(vid) -> bytes:
@@ -42,10 +58,10 @@ def decode_ids(blob: bytes, ends: np.ndarray) -> list[str]:
     return out
 
 
-def index_row(offset: int, info: VideoInfo, id_end: int) -> np.ndarray:
+def index_row(offset: int, info: VideoInfo, id_end: int, crc32: int) -> np.ndarray:
     g = info.grid
     return np.array([offset, info.num_rows, info.fps, info.duration, info.num_frames,
-                     g.fps, g.window, g.stride, g.frame_step, id_end], dtype=np.float64)
+                     g.fps, g.window, g.stride, g.frame_step, id_end, crc32], dtype=np.float64)
 
 
 def info_from_row(row: np.ndarray) -> VideoInfo:
