@@ -96,13 +96,15 @@ def _detections(segments, scores, labels, names, grid, duration) -> list[Detecti
 def iter_detections(stores, localizer, video_ids=None, *, vocabulary: TextVocabulary | None = None,
                     ov_config: OVConfig | None = None, batch_size: int = 1, num_workers: int = 0,
                     device=None, skip_missing: bool = False, check_store: bool = True,
-                    durations: dict | None = None) -> "DetectionStream":
+                    durations: dict | None = None, prefer_store=None) -> "DetectionStream":
     """Yield ``(video_id, detections)`` for each video, in order, reading rows lazily.
 
     ``stores``: a path or paths (or opened stores); ``localizer``: a :class:`Localizer` or a checkpoint path;
     ``video_ids``: default every video of the stores; ``vocabulary``: for agnostic models, classify
     open-vocabulary (``ov_config`` sets the score fusion and NMS); ``durations``: fallback durations in seconds
-    for videos whose store entry has none. Checkpoint, stores and videos are checked before this returns.
+    for videos whose store entry has none; ``prefer_store``: the store whose rows win for a video that several
+    stores hold with different rows (else an error). Checkpoint, stores and videos are checked before this
+    returns.
     """
     if not isinstance(localizer, Localizer):
         localizer = Localizer.from_checkpoint(localizer)
@@ -110,7 +112,7 @@ def iter_detections(stores, localizer, video_ids=None, *, vocabulary: TextVocabu
         raise InferenceError(f"{localizer.source}: open-vocabulary classification needs an agnostic model "
                              f"(this one is closed over {len(localizer.classes)} classes)")
     paths = _as_paths(stores)
-    store_set = StoreSet(paths)
+    store_set = StoreSet(paths, prefer_store)
     try:
         if check_store:
             for i in range(len(store_set)):

@@ -71,6 +71,7 @@ class SelfTrainConfig:
     vocab: str | None = None  # store vocabulary holding the split's class names (test stores)
     tiou: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
     simulated: bool = False  # label every output as simulated
+    prefer_store: str | None = None  # the store whose rows win for a video several training stores hold
 
     def validate(self) -> None:
         if self.rounds < 0:
@@ -81,6 +82,8 @@ class SelfTrainConfig:
             raise SelfTrainError("evaluating a test set needs --split (base/novel classes) and --vocab")
         if self.classes not in ("base", "all"):
             raise SelfTrainError(f"classes must be base or all, got {self.classes!r}")
+        if self.prefer_store and not _preferred(self.prefer_store, self.labeled_features + [self.unlabeled_features]):
+            raise SelfTrainError(f"--prefer-store {self.prefer_store}: not one of the labelled or unlabelled stores")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -93,6 +96,13 @@ class SelfTrainConfig:
         d["filter"] = FilterConfig(**d["filter"])
         d["tests"] = [EvalSet(**t) for t in d.get("tests", [])]
         return cls(**d)
+
+
+def _preferred(store, features) -> str | None:
+    """--prefer-store for a stage that trains on ``features`` (stage 1 has no unlabelled store)."""
+    if store is None or not any(Path(f).resolve() == Path(store).resolve() for f in features):
+        return None
+    return store
 
 
 # --------------------------------------------------------------------------------------------- state
@@ -142,7 +152,7 @@ def train_stage(cfg: SelfTrainConfig, run_dir: Path, pseudo: list[Path], init_fr
     run_cfg = load_config(cfg.preset, list(cfg.overrides) + later + sets)
     features = list(cfg.labeled_features) + ([cfg.unlabeled_features] if pseudo else [])
     inputs = TrainInputs(features, list(cfg.labeled_annotations), [str(p) for p in pseudo], cfg.subset, cfg.split,
-                         cfg.classes if cfg.split else "all")
+                         cfg.classes if cfg.split else "all", _preferred(cfg.prefer_store, features))
     init = {}
     if init_from is not None and cfg.init == "ema":
         init["init_ema_from"] = init_from

@@ -62,11 +62,13 @@ class TrainInputs:
     subset: str | None = "training"  # subset of the human annotation files used for training
     split: str | None = None  # tal.eval.protocols.load_split spec, e.g. "thumos14:75:0"
     classes: str = "all"  # with a split: train on its base classes or all
+    prefer_store: str | None = None  # the store whose rows win for a video several stores hold differently
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         for key in ("features", "annotations", "pseudo"):
             d[key] = [str(p) for p in d[key]]
+        d["prefer_store"] = None if self.prefer_store is None else str(self.prefer_store)
         return d
 
 
@@ -107,7 +109,7 @@ def build_training_set(cfg: RunConfig, inputs: TrainInputs):
     """(dataset, classes, provenance) for a run; stores are closed again before workers fork."""
     if cfg.data.mode == "closed" and inputs.pseudo:
         raise TrainError("pseudo-labels are class-agnostic: train with --mode agnostic when using --pseudo")
-    stores = StoreSet(inputs.features)
+    stores = StoreSet(inputs.features, inputs.prefer_store)
     try:
         provenance = check_same_features([stores[i] for i in range(len(stores))])
         human = _load_human(inputs, inputs.subset)
@@ -419,7 +421,8 @@ def _evaluate(ema_model, cfg, classes, provenance, inputs, gt, dist) -> float:
     if not present:
         log.warning("evaluation subset %s: no videos in the stores; skipped", cfg.train.eval_subset)
         return float("nan")
-    preds = dict(iter_detections(inputs.features, localizer, present, device=dist.device, check_store=False))
+    preds = dict(iter_detections(inputs.features, localizer, present, device=dist.device, check_store=False,
+                                 prefer_store=inputs.prefer_store))
     report = evaluate_detection(gt.restrict_videos(present), preds, cfg.train.eval_tiou)
     return float(report.average_mAP)
 

@@ -165,6 +165,29 @@ def test_videos_join_across_several_stores(tmp_path):
     assert Counter(r.store for r in records) == {0: 3, 1: 4}
 
 
+def test_a_video_in_two_stores_needs_identical_rows_or_a_preferred_store(tmp_path):
+    from features.store.ops import convert
+
+    a, _, aset = make_benchmark(tmp_path, n_videos=3, name="s")
+    copy = tmp_path / "copy.h5"
+    convert(a, copy)                                                   # the same rows, another backend
+    other = tmp_path / "other"
+    other.mkdir()
+    b, _, _ = make_benchmark(other, n_videos=2, name="s", seed=9)     # the same ids s_000, s_001, other rows
+    records = build_records(StoreSet([a, copy]), aset, source="gt", mode="agnostic", classes=None)
+    assert [r.store for r in records] == [0, 0, 0]                    # identical copies: the first store
+    with pytest.raises(DatasetError, match=r"gt: 2 video\(s\) are in several stores with different rows "
+                                           rf"\({a} and {b}\): s_000, s_001; name the store .* --prefer-store"):
+        build_records(StoreSet([a, b]), aset, source="gt", mode="agnostic", classes=None)
+    preferred = build_records(StoreSet([a, b], prefer=b), aset, source="gt", mode="agnostic", classes=None)
+    assert [r.store for r in preferred] == [1, 1, 0]                  # s_002 is only in a
+    with pytest.raises(DatasetError, match="s_000"):
+        inference_records(StoreSet([a, b]))                             # every video of the stores: same rule
+    assert [r.store for r in inference_records(StoreSet([a, b], prefer=a))] == [0, 0, 0]
+    with pytest.raises(DatasetError, match="--prefer-store .*nope.zarr: not one of the feature stores"):
+        StoreSet([a, b], prefer=tmp_path / "nope.zarr")
+
+
 def test_pseudo_labels_are_agnostic_and_weighted(bench):
     store, _, aset = bench
     pseudo = AnnotationSet({vid: VideoAnnotation(vid, "training", v.duration, v.fps,

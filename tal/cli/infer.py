@@ -27,12 +27,15 @@ from features.cli_support import Command
               show_default=True, help="Open-vocabulary score: sqrt(actionness*p), mean, actionness or p.")
 @click.option("--topk", type=int, default=1, show_default=True, help="Candidate classes per proposal (OV).")
 @click.option("--skip-missing", is_flag=True, help="Skip annotated videos missing from the stores.")
+@click.option("--prefer-store", type=click.Path(exists=True), default=None,
+              help="A --features store whose rows win for videos that several stores hold with different rows "
+                   "(default: such videos are an error).")
 @click.option("--batch-size", type=int, default=1, show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Results JSON to write.")
 def main(features, checkpoint, annotations, subset, vocab, split, which, class_names, fusion, topk, skip_missing,
-         batch_size, workers, device, out):
+         prefer_store, batch_size, workers, device, out):
     """Run a trained localizer over a store; agnostic models + --vocab classify open-vocabulary."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
@@ -75,7 +78,7 @@ def main(features, checkpoint, annotations, subset, vocab, split, which, class_n
     preds = {}
     stream = iter_detections(list(features), localizer, video_ids, vocabulary=vocabulary, ov_config=ov_cfg,
                              batch_size=batch_size, num_workers=workers, skip_missing=skip_missing,
-                             durations=durations)
+                             durations=durations, prefer_store=prefer_store)
     for vid, dets in tqdm(stream, unit="video", desc="inference"):
         preds[vid] = [d for d in dets if keep is None or d.label in keep]
     write_predictions(preds, out, external_data={"used": False, "details": f"stovtal checkpoint {checkpoint}"})

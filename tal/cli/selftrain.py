@@ -35,6 +35,9 @@ from tal.config import PRESETS
 @click.option("--classes", type=click.Choice(["base", "all"]), default="base", show_default=True,
               help="With --split: human labels of the base classes only (OV setting) or all.")
 @click.option("--subset", default="training", show_default=True, help="Subset of the human annotations to train on.")
+@click.option("--prefer-store", type=click.Path(exists=True), default=None,
+              help="A labelled or unlabelled store whose rows win for videos that several of them hold with "
+                   "different rows (default: such videos are an error).")
 @click.option("--preset", default="small", show_default=True, help=f"{', '.join(PRESETS)} or a YAML file.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="tal-train config override (repeatable).")
 @click.option("--stage2-set", "later_overrides", multiple=True, metavar="KEY=VALUE",
@@ -55,9 +58,9 @@ from tal.config import PRESETS
 @click.option("--simulated", is_flag=True, help="Label every output as simulated data.")
 @click.option("--no-progress", is_flag=True)
 def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds, threshold, top_k, dedup_iou,
-         min_duration, split, classes, subset, preset, overrides, later_overrides, seed, init, pseudo_ratio,
-         pseudo_weight, test_features, test_annotations, cross_features, cross_annotations, test_subset, vocab,
-         simulated, no_progress):
+         min_duration, split, classes, subset, prefer_store, preset, overrides, later_overrides, seed, init,
+         pseudo_ratio, pseudo_weight, test_features, test_annotations, cross_features, cross_annotations, test_subset,
+         vocab, simulated, no_progress):
     """Self-train a class-agnostic localizer on labelled + pseudo-labelled videos; prints the stage table."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from tal.pseudo import FilterConfig, PseudoLabelError
@@ -79,7 +82,7 @@ def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds,
                           filter=filt, split=split, classes=classes, subset=subset, preset=preset,
                           overrides=list(overrides), later_overrides=list(later_overrides), seed=seed, init=init,
                           pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, tests=tests, vocab=vocab,
-                          simulated=simulated)
+                          simulated=simulated, prefer_store=prefer_store)
     report = run_selftrain(cfg, out, progress=not no_progress)
     click.echo(format_table(report))
     click.echo(f"{out}/report.json")

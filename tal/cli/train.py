@@ -33,6 +33,9 @@ from tal.config import MODES, PRESETS, load_config
               help="Override a config key, e.g. --set model.embd_dim=256 (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
 @click.option("--skip-missing", is_flag=True, help="Skip annotated videos missing from the stores.")
+@click.option("--prefer-store", type=click.Path(exists=True), default=None,
+              help="A --features store whose rows win for videos that several stores hold with different rows "
+                   "(default: such videos are an error).")
 @click.option("--pseudo-ratio", type=click.FloatRange(0, 1), default=None,
               help="Fraction of pseudo-labelled clips per epoch (default: natural proportion).")
 @click.option("--pseudo-weight", type=click.Choice(["score", "1"]), default=None,
@@ -47,7 +50,7 @@ from tal.config import MODES, PRESETS, load_config
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def main(features, annotations, pseudo, subset, mode, split, which, preset, out, epochs, batch_size, lr, seed,
-         overrides, resume, skip_missing, pseudo_ratio, pseudo_weight, init_from, init_ema_from, eval_subset,
+         overrides, resume, skip_missing, prefer_store, pseudo_ratio, pseudo_weight, init_from, init_ema_from, eval_subset,
          eval_every, workers, device, no_progress):
     """Train an ActionFormer-style localizer from feature stores; writes OUT/last.pt, config.yaml, log.csv."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -62,7 +65,7 @@ def main(features, annotations, pseudo, subset, mode, split, which, preset, out,
     if eval_subset and eval_every is None:
         sets.append("train.eval_every=1")
     cfg = load_config(preset, list(overrides) + sets)
-    inputs = TrainInputs(list(features), list(annotations), list(pseudo), subset, split, which)
+    inputs = TrainInputs(list(features), list(annotations), list(pseudo), subset, split, which, prefer_store)
     path = train(cfg, inputs, out, resume=resume, init_from=init_from, init_ema_from=init_ema_from,
                  device=device, progress=not no_progress)
     if int(os.environ.get("RANK", "0")) == 0:

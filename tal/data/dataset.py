@@ -48,10 +48,20 @@ class VideoRecord:
 
 # --------------------------------------------------------------------------------------------- store handles
 class StoreSet:
-    """Store paths, each opened read-only on first use in the current process (DataLoader workers included)."""
+    """Store paths, each opened read-only on first use in the current process (DataLoader workers included).
 
-    def __init__(self, paths):
+    ``prefer``: the store (one of ``paths``) whose rows win for a video that several stores hold with different
+    rows; without it such a video is an error (see :func:`locate_videos`)."""
+
+    def __init__(self, paths, prefer=None):
         self.paths = [Path(p) for p in paths]
+        self.prefer = None
+        if prefer is not None:
+            matches = [i for i, p in enumerate(self.paths) if p.resolve() == Path(prefer).resolve()]
+            if not matches:
+                raise DatasetError(f"--prefer-store {prefer}: not one of the feature stores "
+                                   f"({', '.join(map(str, self.paths))})")
+            self.prefer = matches[0]
         self._open: dict[int, object] = {}
         self._pid = None
 
@@ -68,7 +78,7 @@ class StoreSet:
         return len(self.paths)
 
     def __getstate__(self):
-        return {"paths": self.paths, "_open": {}, "_pid": None}
+        return {"paths": self.paths, "prefer": self.prefer, "_open": {}, "_pid": None}
 
     def close(self):
         if self._pid == os.getpid():
@@ -77,18 +87,37 @@ class StoreSet:
         self._open = {}
 
 
+def _shown(ids: list, limit: int = 10) -> str:
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
 def locate_videos(stores: StoreSet, video_ids, what: str, skip_missing: bool) -> dict[str, int]:
-    """video id -> index of the first store that holds it; missing ids are an error listing them, or skipped."""
-    where, missing = {}, []
+    """video id -> index of the store that holds it; missing ids are an error listing them, or skipped.
+
+    A video in several stores is taken from the first of them when every copy is the same (same info and rows,
+    by checksum), from ``stores.prefer`` when that store holds it; otherwise it is an error naming the videos
+    and stores: which rows to train or infer on is the user's choice, never the order of --features."""
+    from features.store.ops import same_video
+
+    where, missing, conflicts = {}, [], {}
     for vid in video_ids:
-        for i in range(len(stores)):
-            if vid in stores[i]:
-                where[vid] = i
-                break
-        else:
+        holders = [i for i in range(len(stores)) if vid in stores[i]]
+        if not holders:
             missing.append(vid)
+        elif len(holders) == 1 or stores.prefer in holders:
+            where[vid] = holders[0] if len(holders) == 1 else stores.prefer
+        elif all(same_video(stores[holders[0]], stores[i], vid) for i in holders[1:]):
+            where[vid] = holders[0]
+        else:
+            conflicts[vid] = holders
+    if conflicts:
+        ids = list(conflicts)
+        pairs = sorted({tuple(h) for h in conflicts.values()})
+        in_stores = "; ".join(" and ".join(str(stores.paths[i]) for i in h) for h in pairs)
+        raise DatasetError(f"{what}: {len(ids)} video(s) are in several stores with different rows ({in_stores}): "
+                           f"{_shown(ids)}; name the store whose rows to use with --prefer-store")
     if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        shown = _shown(missing)
         names = ", ".join(str(p) for p in stores.paths)
         if not skip_missing:
             raise DatasetError(f"{what}: {len(missing)} video(s) not in any store ({names}): {shown} "
@@ -147,15 +176,9 @@ def inference_records(stores: StoreSet, video_ids=None, skip_missing: bool = Fal
                       durations: dict | None = None) -> list[VideoRecord]:
     """Records without labels for ``video_ids`` (default: every video of every store, in store order)."""
     if video_ids is None:
-        seen, pairs = set(), []
-        for i in range(len(stores)):
-            for vid in stores[i].video_ids():
-                if vid not in seen:
-                    seen.add(vid)
-                    pairs.append((vid, i))
-    else:
-        where = locate_videos(stores, list(video_ids), "requested videos", skip_missing)
-        pairs = [(vid, where[vid]) for vid in video_ids if vid in where]
+        video_ids = list(dict.fromkeys(vid for i in range(len(stores)) for vid in stores[i].video_ids()))
+    where = locate_videos(stores, list(video_ids), "requested videos", skip_missing)
+    pairs = [(vid, where[vid]) for vid in video_ids if vid in where]
     durations = durations or {}
     return [_record(stores, i, vid, durations.get(vid)) for vid, i in pairs]
 
