@@ -19,6 +19,7 @@ from features.cli_support import Group
 from features.extract import (EXIT_SOME_FAILED, ExtractOptions, collect_videos, extract_videos,
                               extract_vocabulary, shard_store_path)
 from features.shards import parse_shard, shard_from_env, shard_slice
+from features.store_encoder import store_encoder_options
 
 log = logging.getLogger("features.extract")
 
@@ -124,28 +125,6 @@ def videos_cmd(videos, list_file, store, model, pretrained, checkpoint, fps, num
     sys.exit(summary.exit_code)
 
 
-def _same_encoder_as_store(store, prov: dict, model, pretrained, checkpoint):
-    """Fill --model/--pretrained from the store's provenance; refuse (before loading) any other encoder."""
-    made_by = f"{prov.get('encoder')}/{prov.get('pretrained')}"
-    model = model or prov.get("encoder")
-    stored = str(prov.get("pretrained", ""))
-    if pretrained is None:
-        pretrained = "none" if stored == "random" else stored
-    if stored.startswith("sha256:") and checkpoint is None:
-        raise click.ClickException(f"{store}: features were made from a checkpoint ({stored[:19]}...); "
-                                   f"pass the same file with --checkpoint FILE")
-    if prov.get("model_config_sha256") and not str(model).endswith(".json"):
-        raise click.ClickException(f"{store}: features were made by the custom architecture {made_by}; "
-                                   f"pass its config with --model FILE.json")
-    if (Path(model).stem if str(model).endswith(".json") else model) != prov.get("encoder"):
-        raise click.ClickException(f"{store}: features were made by {made_by}, not {model}; "
-                                   f"text embeddings must come from the same encoder")
-    if checkpoint is None and ("random" if pretrained.lower() in ("none", "random") else pretrained) != stored:
-        raise click.ClickException(f"{store}: features were made by {made_by}, not pretrained={pretrained}; "
-                                   f"text embeddings must come from the same encoder")
-    return model, pretrained
-
-
 @main.command("text")
 @click.option("--store", required=True, type=click.Path(path_type=Path), help="An existing feature store.")
 @click.option("--classes", "classes_file", required=True, type=click.Path(path_type=Path),
@@ -170,8 +149,8 @@ def text_cmd(store, classes_file, name, template, checkpoint, model, pretrained,
     classes = read_class_names(classes_file)
     with open_store(store) as fs:
         prov = dict(fs.provenance)
-    model, pretrained = _same_encoder_as_store(store, prov, model, pretrained, checkpoint)
-    encoder = _load_encoder(model, pretrained, checkpoint, device, "auto", seed=prov.get("init_seed"))
+    model, pretrained, seed = store_encoder_options(store, prov, model, pretrained, checkpoint)
+    encoder = _load_encoder(model, pretrained, checkpoint, device, "auto", seed=seed)
     embeddings = extract_vocabulary(store, encoder, name, classes, template)
     click.echo(f"vocabulary {name!r}: {len(classes)} classes x {embeddings.shape[1]} dims "
                f"({encoder.model_name}/{encoder.pretrained}) cached in {store}")

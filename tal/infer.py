@@ -188,21 +188,103 @@ def store_vocabulary(store_path, name: str | None) -> TextVocabulary:
         return TextVocabulary(list(vocab.classes), np.asarray(vocab.embeddings, dtype=np.float32))
 
 
-def embed_class_names(store_path, names: list[str], template: str | None = None) -> TextVocabulary:
-    """Embed class names with the store's own text encoder; a clear error when it cannot be loaded here."""
+def embed_class_names(store_path, names: list[str], template: str | None = None, *,
+                      allow_random: bool = False) -> TextVocabulary:
+    """Embed class names with the store's own text encoder, rebuilt from its provenance exactly (the same
+    weights, architecture and random-init seed as ``tal-extract text``); a clear error when it cannot be.
+
+    A store made with random weights is refused unless ``allow_random``: its text embeddings would be noise."""
+    from features.encoders import load_encoder
     from features.store import open_store
+    from features.store_encoder import is_random, store_encoder_options
 
     with open_store(store_path, "r") as store:
-        prov = dict(store.provenance or {})
-    encoder, pretrained = prov.get("encoder"), prov.get("pretrained")
-    if encoder in (None, "external", "simulated") or str(pretrained).startswith("sha256:"):
-        raise InferenceError(f"{store_path}: cannot embed new class names: its encoder ({encoder}, {pretrained}) "
-                             "is not available here; add them to a store vocabulary instead")
-    from features.encoders import EncoderError, load_encoder
-
-    try:
-        enc = load_encoder(encoder, pretrained, device="cpu")
-    except EncoderError as e:
-        raise InferenceError(f"{store_path}: cannot embed new class names: {e}") from None
+        prov, dim = dict(store.provenance or {}), store.dim
+    stored = str(prov.get("pretrained", ""))
+    if stored.startswith("sha256:") or prov.get("model_config_sha256"):
+        raise InferenceError(f"{store_path}: its encoder ({prov.get('encoder')}, {stored[:19]}) needs its weights or "
+                             "config file: embed the names with `tal-extract text --store ... --classes ...` "
+                             "(--checkpoint FILE / --model FILE.json) and pass --vocab")
+    model, pretrained, seed = store_encoder_options(store_path, prov)
+    if is_random(prov) and not allow_random:
+        raise InferenceError(f"{store_path}: its features come from a randomly initialised {model} (init_seed {seed}); "
+                             "class names embedded with it mean nothing. Pass --allow-random-text to do it anyway "
+                             "(tests, benchmarks)")
+    enc = load_encoder(model, pretrained, device="cpu", seed=seed)
+    if enc.dim != dim:
+        raise InferenceError(f"{store_path}: store dim {dim} != text embedding dim {enc.dim} of {model}")
     texts = [template.format(n) if template else n for n in names]
     return TextVocabulary(list(names), enc.encode_texts(texts))
+
+
+def choose_vocabulary(localizer: Localizer, store_path, *, vocab: str | None = None, names: list[str] | None = None,
+                      embed_names: bool = False, allow_random_text: bool = False,
+                      template: str | None = None) -> TextVocabulary | None:
+    """What an agnostic model's proposals are classified into (None: label ``action``, or a closed model's own
+    classes). Nothing falls back quietly:
+
+    - ``embed_names``: ``names`` embedded with the store's own encoder (:func:`embed_class_names`);
+    - else the store vocabulary ``vocab`` (or the store's only one when ``names`` are given), restricted to
+      ``names``: a misspelt vocabulary or a name it lacks is an error."""
+    if localizer.mode != "agnostic":
+        if vocab or embed_names:
+            raise InferenceError(f"{localizer.source}: open-vocabulary classification needs an agnostic model "
+                                 f"(this one is closed over {len(localizer.classes)} classes)")
+        return None
+    if embed_names:
+        if names is None:
+            raise InferenceError("embedding class names needs the names (--class-names FILE or --split)")
+        if vocab is not None:
+            raise InferenceError("give --vocab (names from the store) or --embed-names (embed them now), not both")
+        return embed_class_names(store_path, names, template, allow_random=allow_random_text)
+    if vocab is None and names is None:
+        return None
+    vocabulary = store_vocabulary(store_path, vocab)
+    if names is None:
+        return vocabulary
+    return vocabulary.restrict(names, where=f"{store_path} vocabulary {vocab or ''}".strip())
+
+
+def run_inference(features, checkpoint, out, *, annotations=None, subset: str | None = None,
+                  vocab: str | None = None, split: str | None = None, which: str = "all",
+                  names: list[str] | None = None, embed_names: bool = False, allow_random_text: bool = False,
+                  template: str | None = None, fusion: str = "geometric", topk: int = 1, skip_missing: bool = False,
+                  prefer_store=None, batch_size: int = 1, num_workers: int = 0, device=None,
+                  progress: bool = True) -> tuple[int, int]:
+    """``tal-infer``: detections of every video (of ``annotations``' ``subset``, else of the stores) written to
+    ``out`` as an official results JSON. Classes: ``names`` or the ``split``'s ``which`` classes (not both);
+    an agnostic model classifies into them open-vocabulary (:func:`choose_vocabulary`), a closed model keeps
+    only those of its classes. Returns (videos, detections)."""
+    from tqdm import tqdm
+
+    from tal.data.annotations import load_annotations
+    from tal.eval.predictions import write_predictions
+    from tal.eval.protocols import load_split
+
+    features = [features] if isinstance(features, (str, Path)) else list(features)
+    if subset and not annotations:
+        raise InferenceError("--subset needs --annotations (the store does not know subsets)")
+    if names is not None and split:
+        raise InferenceError("give --class-names or --split, not both")
+    localizer = Localizer.from_checkpoint(checkpoint)
+    localizer.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    video_ids = durations = None
+    if annotations:
+        aset = load_annotations(annotations, subset=subset)
+        video_ids = list(aset.videos)
+        durations = {v: a.duration for v, a in aset.videos.items()}
+    if split:
+        s = load_split(split)
+        names = {"novel": s.novel, "base": s.base, "all": s.all}[which]
+    vocabulary = choose_vocabulary(localizer, features[0], vocab=vocab, names=names, embed_names=embed_names,
+                                   allow_random_text=allow_random_text, template=template)
+    keep = set(names) if names is not None and vocabulary is None else None  # closed model: filter its classes
+    ov_cfg = OVConfig(fusion=fusion, topk=topk, max_seg_num=localizer.config.model.max_seg_num)
+    stream = iter_detections(features, localizer, video_ids, vocabulary=vocabulary, ov_config=ov_cfg,
+                             batch_size=batch_size, num_workers=num_workers, skip_missing=skip_missing,
+                             durations=durations, prefer_store=prefer_store)
+    preds = {}
+    for vid, dets in tqdm(stream, unit="video", desc="inference", disable=not progress):
+        preds[vid] = [d for d in dets if keep is None or d.label in keep]
+    write_predictions(preds, out, external_data={"used": False, "details": f"stovtal checkpoint {checkpoint}"})
+    return len(preds), sum(len(d) for d in preds.values())

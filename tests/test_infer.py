@@ -105,6 +105,33 @@ def test_refusals_are_one_line_errors(runs, tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("jump\nfly\n")
     res = _infer("--features", store, "--checkpoint", agnostic, "--class-names", names, "--out", tmp_path / "w.json")
-    assert res.exit_code == 1 and "cannot embed new class names" in res.output
+    assert res.exit_code == 1 and "class(es) not in the vocabulary: fly" in res.output  # no quiet re-embedding
+    res = _infer("--features", store, "--checkpoint", agnostic, "--vocab", "nope", "--class-names", names,
+                 "--out", tmp_path / "w.json")
+    assert res.exit_code == 1 and "no vocabulary 'nope'" in res.output  # an explicit --vocab that fails is an error
+    res = _infer("--features", store, "--checkpoint", agnostic, "--class-names", names, "--embed-names",
+                 "--out", tmp_path / "w.json")
+    assert res.exit_code == 1 and "not made by an open_clip encoder stovtal can rebuild" in res.output
+    assert not (tmp_path / "w.json").exists()
     with pytest.raises(InferenceError, match="needs an agnostic model"):
         list(iter_detections(store, closed, vocabulary=object()))
+
+
+def test_embedding_names_uses_the_store_encoder_exactly_and_refuses_random_weights(tmp_path):
+    """Re-embedding rebuilds the store's encoder from its provenance, init_seed included (random weights are
+    only embedded when asked for)."""
+    import numpy as np
+
+    from features.encoders import load_encoder
+    from tal.infer import embed_class_names
+
+    store, *_ = make_benchmark(tmp_path, n_videos=1, dim=384, name="vit",
+                               store_provenance=provenance(encoder="ViT-S-32", pretrained="random", init_seed=5))
+    with pytest.raises(InferenceError, match="randomly initialised ViT-S-32 .init_seed 5.*--allow-random-text"):
+        embed_class_names(store, ["high jump", "golf swing"])
+    vocab = embed_class_names(store, ["high jump", "golf swing"], "a video of {}.", allow_random=True)
+    same = load_encoder("ViT-S-32", "none", device="cpu", seed=5).encode_texts(["a video of high jump.",
+                                                                                 "a video of golf swing."])
+    np.testing.assert_allclose(vocab.embeddings, same, rtol=0, atol=1e-6)
+    other_seed = load_encoder("ViT-S-32", "none", device="cpu", seed=0).encode_texts(["a video of high jump."])
+    assert not np.allclose(vocab.embeddings[0], other_seed[0], atol=1e-3)

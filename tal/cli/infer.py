@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import click
-from tqdm import tqdm
 
 from features.class_names import read_class_names
 from features.cli_support import Command
@@ -22,67 +21,41 @@ from features.cli_support import Command
 @click.option("--split", default=None, help="Base/novel split restricting the vocabulary, e.g. thumos14:75:0.")
 @click.option("--classes", "which", type=click.Choice(["novel", "base", "all"]), default="all", show_default=True)
 @click.option("--class-names", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File of class names (one a line) to classify into instead of a split.")
+              help="File of class names (one a line) to classify into instead of a split; taken from --vocab (or "
+                   "the store's only vocabulary) unless --embed-names.")
+@click.option("--embed-names", is_flag=True,
+              help="Embed the class names now with the store's own text encoder (rebuilt from its provenance) "
+                   "instead of reading a store vocabulary.")
+@click.option("--template", default=None, help='With --embed-names: a prompt with {}, e.g. "a video of a person {}."')
+@click.option("--allow-random-text", is_flag=True,
+              help="With --embed-names on a store made with random weights: embed anyway (tests, benchmarks).")
 @click.option("--fusion", type=click.Choice(["geometric", "arithmetic", "actionness", "class"]), default="geometric",
               show_default=True, help="Open-vocabulary score: sqrt(actionness*p), mean, actionness or p.")
-@click.option("--topk", type=int, default=1, show_default=True, help="Candidate classes per proposal (OV).")
+@click.option("--topk", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Candidate classes per proposal (OV).")
 @click.option("--skip-missing", is_flag=True, help="Skip annotated videos missing from the stores.")
 @click.option("--prefer-store", type=click.Path(exists=True), default=None,
               help="A --features store whose rows win for videos that several stores hold with different rows "
                    "(default: such videos are an error).")
-@click.option("--batch-size", type=int, default=1, show_default=True)
-@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader worker processes.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Results JSON to write.")
-def main(features, checkpoint, annotations, subset, vocab, split, which, class_names, fusion, topk, skip_missing,
-         prefer_store, batch_size, workers, device, out):
+def main(features, checkpoint, annotations, subset, vocab, split, which, class_names, embed_names, template,
+         allow_random_text, fusion, topk, skip_missing, prefer_store, batch_size, workers, device, out):
     """Run a trained localizer over a store; agnostic models + --vocab classify open-vocabulary."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch
+    from tal.infer import run_inference
 
-    from tal.data.annotations import load_annotations
-    from tal.eval.predictions import write_predictions
-    from tal.eval.protocols import load_split
-    from tal.infer import InferenceError, Localizer, embed_class_names, iter_detections, store_vocabulary
-    from tal.model.ov import OVConfig
-
-    if subset and not annotations:
-        raise click.BadParameter("--subset needs --annotations (the store does not know subsets)",
-                                 param_hint="--subset")
-    localizer = Localizer.from_checkpoint(checkpoint)
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    localizer.model.to(dev)
-    video_ids = durations = None
-    if annotations:
-        aset = load_annotations(annotations, subset=subset)
-        video_ids = list(aset.videos)
-        durations = {v: a.duration for v, a in aset.videos.items()}
-    names = None
-    if class_names:
-        names = read_class_names(class_names)
-    elif split:
-        s = load_split(split)
-        names = {"novel": s.novel, "base": s.base, "all": s.all}[which]
-    vocabulary = None
-    if vocab or (names is not None and localizer.mode == "agnostic"):
-        try:
-            vocabulary = store_vocabulary(features[0], vocab)
-            if names is not None:
-                vocabulary = vocabulary.restrict(names, where=f"{features[0]} vocabulary {vocab or ''}".strip())
-        except InferenceError:
-            if not class_names:
-                raise
-            vocabulary = embed_class_names(features[0], names)
-    ov_cfg = OVConfig(fusion=fusion, topk=topk, max_seg_num=localizer.config.model.max_seg_num)
-    keep = set(names) if names is not None and vocabulary is None else None  # closed model: filter its classes
-    preds = {}
-    stream = iter_detections(list(features), localizer, video_ids, vocabulary=vocabulary, ov_config=ov_cfg,
-                             batch_size=batch_size, num_workers=workers, skip_missing=skip_missing,
-                             durations=durations, prefer_store=prefer_store)
-    for vid, dets in tqdm(stream, unit="video", desc="inference"):
-        preds[vid] = [d for d in dets if keep is None or d.label in keep]
-    write_predictions(preds, out, external_data={"used": False, "details": f"stovtal checkpoint {checkpoint}"})
-    click.echo(f"wrote {sum(len(d) for d in preds.values())} detections for {len(preds)} videos to {out}")
+    if template is not None and template.count("{}") != 1:
+        raise click.BadParameter(f"{template!r} must contain {{}} exactly once", param_hint="--template")
+    names = read_class_names(class_names) if class_names else None
+    videos, detections = run_inference(
+        list(features), checkpoint, out, annotations=annotations, subset=subset, vocab=vocab, split=split,
+        which=which, names=names, embed_names=embed_names, allow_random_text=allow_random_text, template=template,
+        fusion=fusion, topk=topk, skip_missing=skip_missing, prefer_store=prefer_store, batch_size=batch_size,
+        num_workers=workers, device=device)
+    click.echo(f"wrote {detections} detections for {videos} videos to {out}")
 
 
 if __name__ == "__main__":
