@@ -32,6 +32,7 @@ from tal.model.ov import OVConfig, classify_proposals
 log = logging.getLogger(__name__)
 
 AGNOSTIC_LABEL = "action"
+_WARNED_NO_EMA: set[str] = set()  # checkpoints already reported as lacking EMA weights
 
 
 class InferenceError(StovtalError, ValueError):
@@ -48,18 +49,25 @@ class Localizer:
     classes: list[str]  # closed: output label names; agnostic: ["action"]
     provenance: dict  # features it was trained on (tal.checkpoint.store_provenance)
     source: str = "model"  # checkpoint path, for messages
+    weights: str = "model"  # the weights in use: "ema" or "model" (raw)
 
     @classmethod
     def from_checkpoint(cls, path, weights: str = "ema") -> "Localizer":
+        """The model of a checkpoint with its ``weights`` ("ema" or "model"). A checkpoint without EMA weights
+        gives its raw weights, with one warning per checkpoint; ``.weights`` says which were loaded."""
         state = load_checkpoint(path)
         try:
             cfg = RunConfig.from_dict(state["config"], source=str(path))
             model = build_model(cfg.model)
-            key = weights if weights in state and state[weights] is not None else "model"
+            key = weights if state.get(weights) is not None else "model"
             model.load_state_dict(state[key])
         except (ValueError, RuntimeError, KeyError) as e:
             raise CheckpointError(f"{path}: cannot rebuild the model ({str(e).splitlines()[0]})") from None
-        return cls(model.eval(), cfg, state["mode"], list(state["classes"]), dict(state["provenance"]), str(path))
+        if key != weights and str(path) not in _WARNED_NO_EMA:
+            _WARNED_NO_EMA.add(str(path))
+            log.warning("%s holds no %s weights; using its raw (model) weights", path, weights.upper())
+        return cls(model.eval(), cfg, state["mode"], list(state["classes"]), dict(state["provenance"]), str(path),
+                   key)
 
 
 @dataclass

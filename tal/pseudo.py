@@ -361,7 +361,8 @@ def pseudo_label_store(store, checkpoint, out, cfg: FilterConfig, *, shard: tupl
     mcfg = localizer.config.model
     run_meta = {
         "kind": "pseudo-labels", "label": PSEUDO_LABEL,
-        "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": sha256_file(checkpoint), "weights": "ema",
+        "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": sha256_file(checkpoint),
+        "weights": localizer.weights,
         "store": str(store.resolve()), "store_encoder": encoder,
         "threshold": cfg.threshold, "top_k": cfg.top_k, "dedup_iou": cfg.dedup_iou, "min_duration": cfg.min_duration,
         "nms": mcfg.nms_method, "max_proposals": mcfg.max_seg_num,

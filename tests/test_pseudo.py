@@ -316,6 +316,30 @@ def test_pseudo_label_store_writes_official_file_with_provenance(tiny_stage1, tm
     assert all(0 <= s.start < s.end <= v.duration + 1e-6 for v in aset.videos.values() for s in v.segments)
     assert aset.provenance["checkpoint_sha256"] == sha256_file(ckpt)
     assert aset.provenance["threshold"] == 0.05 and aset.provenance["store"].endswith("web.zarr")
+    assert aset.provenance["weights"] == "ema"
+
+
+def test_a_checkpoint_without_ema_weights_is_recorded_as_such(tiny_stage1, tmp_path, caplog):
+    import torch
+
+    from tal.checkpoint import load_checkpoint, save_checkpoint
+    from tal.data.annotations import load_annotations
+    from tal.infer import Localizer
+    from tal.pseudo import pseudo_label_store
+
+    root, _, ckpt = tiny_stage1
+    assert Localizer.from_checkpoint(ckpt).weights == "ema"
+    state = load_checkpoint(ckpt)
+    state["ema"] = None
+    raw = tmp_path / "raw.pt"
+    save_checkpoint(raw, {k: v for k, v in state.items() if k != "format"})
+    with caplog.at_level("WARNING", logger="tal.infer"):
+        loc = Localizer.from_checkpoint(raw)
+        Localizer.from_checkpoint(raw)
+    assert loc.weights == "model" and caplog.text.count("holds no EMA weights") == 1  # warned once
+    assert all(torch.equal(a, b) for a, b in zip(loc.model.state_dict().values(), state["model"].values()))
+    pseudo_label_store(root / "web.zarr", raw, tmp_path / "pl.json", FilterConfig(), progress=False)
+    assert load_annotations(tmp_path / "pl.json").provenance["weights"] == "model"
 
 
 def test_sharded_run_equals_single_run(tiny_stage1, tmp_path):
