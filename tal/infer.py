@@ -109,10 +109,10 @@ def iter_detections(stores, localizer, video_ids=None, *, vocabulary: TextVocabu
 
     ``stores``: a path or paths (or opened stores); ``localizer``: a :class:`Localizer` or a checkpoint path;
     ``video_ids``: default every video of the stores; ``vocabulary``: for agnostic models, classify
-    open-vocabulary (``ov_config`` sets the score fusion and NMS); ``durations``: fallback durations in seconds
-    for videos whose store entry has none; ``prefer_store``: the store whose rows win for a video that several
-    stores hold with different rows (else an error). Checkpoint, stores and videos are checked before this
-    returns.
+    open-vocabulary (``ov_config`` sets the score fusion; NMS is the model's own, ``ModelConfig.nms()``);
+    ``durations``: fallback durations in seconds for videos whose store entry has none; ``prefer_store``: the
+    store whose rows win for a video that several stores hold with different rows (else an error). Checkpoint,
+    stores and videos are checked before this returns.
     """
     if not isinstance(localizer, Localizer):
         localizer = Localizer.from_checkpoint(localizer)
@@ -158,7 +158,7 @@ def _stream(localizer, paths, records, vocabulary, ov_config, batch_size, num_wo
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=PadCollate(cfg.model.max_stride))
     text = None if vocabulary is None else torch.as_tensor(vocabulary.embeddings, dtype=torch.float32, device=device)
-    ov_cfg = ov_config or OVConfig(max_seg_num=cfg.model.max_seg_num)
+    ov_cfg, nms = ov_config or OVConfig(), cfg.model.nms()
     names = localizer.classes if localizer.mode == "closed" else [AGNOSTIC_LABEL]
     try:
         for batch in loader:
@@ -171,7 +171,8 @@ def _stream(localizer, paths, records, vocabulary, ov_config, batch_size, num_wo
             else:
                 for b, prop in enumerate(model.proposals(out)):
                     rows = feats[b, :, : int(batch["lengths"][b])].T
-                    segs, scores, labels = classify_proposals(rows, prop["segments"], prop["scores"], text, ov_cfg)
+                    segs, scores, labels = classify_proposals(rows, prop["segments"], prop["scores"], text, ov_cfg,
+                                                              nms)
                     yield batch["video_id"][b], _detections(segs, scores, labels, vocabulary.classes,
                                                             batch["grid"][b], batch["duration"][b])
     finally:
@@ -287,7 +288,7 @@ def run_inference(features, checkpoint, out, *, annotations=None, subset: str | 
     vocabulary = choose_vocabulary(localizer, features[0], vocab=vocab, names=names, embed_names=embed_names,
                                    allow_random_text=allow_random_text, template=template)
     keep = set(names) if names is not None and vocabulary is None else None  # closed model: filter its classes
-    ov_cfg = OVConfig(fusion=fusion, topk=topk, max_seg_num=localizer.config.model.max_seg_num)
+    ov_cfg = OVConfig(fusion=fusion, topk=topk)
     stream = iter_detections(features, localizer, video_ids, vocabulary=vocabulary, ov_config=ov_cfg,
                              batch_size=batch_size, num_workers=num_workers, skip_missing=skip_missing,
                              durations=durations, prefer_store=prefer_store)

@@ -1,11 +1,13 @@
 """Open-vocabulary classification of proposals: pooling, planted classes, score fusion, top-k, errors."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tal.model.config import ModelConfig
 from tal.model.ov import OVConfig, class_probabilities, classify_proposals, pool_segments
 
 
@@ -31,9 +33,14 @@ def test_picks_the_planted_class():
     feats, text = planted_video()
     segs = torch.tensor([[20.0, 40.0], [70.0, 95.0], [22.0, 39.0]])
     actionness = torch.tensor([0.9, 0.4, 0.8])
-    out_segs, scores, labels = classify_proposals(feats, segs, actionness, text, OVConfig())
+    no_voting = dataclasses.replace(ModelConfig().nms(), voting_thresh=0.0)
+    out_segs, scores, labels = classify_proposals(feats, segs, actionness, text, OVConfig(), no_voting)
     assert labels[0].item() == 3
     torch.testing.assert_close(out_segs[0], segs[0])
+    # the model's own settings (one source: ModelConfig.nms(), score voting at 0.7 by default) apply here too:
+    # the kept proposal is refined by its overlapping same-class neighbour [22, 39]
+    voted, _, voted_labels = classify_proposals(feats, segs, actionness, text, OVConfig())
+    assert voted_labels[0].item() == 3 and 20.0 < voted[0, 0].item() < 22.0 and 39.0 < voted[0, 1].item() < 40.0
     probs = class_probabilities(feats, segs[:1], text)
     assert probs[0, 3] > 0.9
     assert scores[0].item() == pytest.approx(math.sqrt(0.9 * probs[0, 3].item()), rel=1e-5)
@@ -56,7 +63,8 @@ def test_score_fusion_modes(fusion):
 def test_topk_gives_k_candidates_per_proposal():
     feats, text = planted_video()
     segs, act = torch.tensor([[20.0, 40.0], [80.0, 100.0]]), torch.tensor([0.9, 0.6])
-    out_segs, scores, labels = classify_proposals(feats, segs, act, text, OVConfig(topk=3, min_score=0.0))
+    no_floor = dataclasses.replace(ModelConfig().nms(), min_score=0.0, voting_thresh=0.0)  # exact segments
+    out_segs, scores, labels = classify_proposals(feats, segs, act, text, OVConfig(topk=3), no_floor)
     assert len(labels) == 6  # different classes never suppress each other
     assert labels[0].item() == 3
     assert sorted(labels[(out_segs[:, 0] == 20.0)].tolist()) == sorted(

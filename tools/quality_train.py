@@ -70,7 +70,7 @@ def random_proposal_baseline(store: Path, checkpoint: Path, vocabulary, seed: in
                         resize_len=cfg.data.resize_len)
     collate = PadCollate(cfg.model.max_stride)
     text = torch.as_tensor(vocabulary.embeddings)
-    ov_cfg = OVConfig(max_seg_num=cfg.model.max_seg_num)
+    ov_cfg, nms = OVConfig(), cfg.model.nms()
     rng = np.random.default_rng(seed)
     preds = {}
     for i in range(len(ds)):
@@ -83,7 +83,7 @@ def random_proposal_baseline(store: Path, checkpoint: Path, vocabulary, seed: in
         starts = rng.uniform(0, np.maximum(t - lengths, 0))
         segs = torch.as_tensor(np.stack([starts, starts + lengths], 1), dtype=torch.float32)
         scores = torch.as_tensor(rng.permutation(prop["scores"].numpy()))
-        s, sc, lb = classify_proposals(item["feats"].T, segs, scores, text, ov_cfg)
+        s, sc, lb = classify_proposals(item["feats"].T, segs, scores, text, ov_cfg, nms)
         secs = item["grid"].to_seconds(s.double().numpy().reshape(-1, 2))
         preds[item["video_id"]] = [Detection(vocabulary.classes[int(c)], float(v), float(a), float(b))
                                    for (a, b), v, c in zip(secs, sc.numpy(), lb.numpy()) if b > a]

@@ -139,9 +139,7 @@ class ActionFormer(nn.Module):
         """Per video: proposals after class-wise NMS / soft-NMS / score voting, at most max_seg_num, best first."""
         cfg = self.cfg
         return [
-            postprocess(p["segments"], p["scores"], p["labels"], method=cfg.nms_method,
-                        iou_threshold=cfg.iou_threshold, sigma=cfg.nms_sigma, min_score=cfg.min_score,
-                        max_seg_num=cfg.max_seg_num, voting_thresh=cfg.voting_thresh)
+            postprocess(p["segments"], p["scores"], p["labels"], **cfg.nms().kwargs())
             for p in self.proposals(out)
         ]
 

@@ -8,6 +8,22 @@ NMS_METHODS = ("soft", "hard", "none")
 NECKS = ("identity", "fpn")
 
 
+@dataclass(frozen=True)
+class NmsSettings:
+    """How proposals are de-duplicated (``tal.model.postprocess.postprocess`` keywords). One source: a model's
+    config (``ModelConfig.nms()``), for its own predictions and the open-vocabulary path alike."""
+
+    method: str
+    iou_threshold: float
+    sigma: float
+    min_score: float
+    max_seg_num: int
+    voting_thresh: float
+
+    def kwargs(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class ModelConfig:
     # input / classes
@@ -74,6 +90,11 @@ class ModelConfig:
     @property
     def max_stride(self) -> int:
         return self.strides[-1]
+
+    def nms(self) -> NmsSettings:
+        """The NMS / score-voting settings of this model (also used to classify its proposals open-vocabulary)."""
+        return NmsSettings(method=self.nms_method, iou_threshold=self.iou_threshold, sigma=self.nms_sigma,
+                           min_score=self.min_score, max_seg_num=self.max_seg_num, voting_thresh=self.voting_thresh)
 
     def level_windows(self) -> list[int]:
         if isinstance(self.attn_window, list):

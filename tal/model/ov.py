@@ -2,7 +2,7 @@
 
 Each proposal's feature rows are mean-pooled, matched by cosine similarity to the class-name text embeddings,
 turned into class probabilities by a softmax at CLIP's logit scale, fused with the proposal's actionness, and
-de-duplicated by class-wise soft-NMS.
+de-duplicated class-wise with the model's own NMS settings (``ModelConfig.nms()``: one source for both paths).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from .config import ModelConfig, NmsSettings
 from .postprocess import postprocess
 
 FUSIONS = ("geometric", "arithmetic", "actionness", "class")
@@ -19,15 +20,11 @@ FUSIONS = ("geometric", "arithmetic", "actionness", "class")
 
 @dataclass
 class OVConfig:
+    """How proposals are named; how they are then de-duplicated is the model's (``NmsSettings``)."""
+
     logit_scale: float = 100.0
     topk: int = 1  # candidate classes per proposal
     fusion: str = "geometric"  # sqrt(actionness * p) | (actionness + p) / 2 | actionness | p
-    nms_method: str = "soft"
-    iou_threshold: float = 0.1
-    nms_sigma: float = 0.5
-    min_score: float = 0.001
-    max_seg_num: int = 200
-    voting_thresh: float = 0.0
 
     def __post_init__(self):
         if self.fusion not in FUSIONS:
@@ -75,11 +72,14 @@ def class_probabilities(features, segments, text_emb, logit_scale: float = 100.0
     return (logit_scale * pooled @ text.T).softmax(dim=1)
 
 
-def classify_proposals(features, segments, actionness, text_emb, cfg: OVConfig | None = None):
-    """features [T, D]; segments [M, 2] grid units; actionness [M]; text_emb [K, D].
+def classify_proposals(features, segments, actionness, text_emb, cfg: OVConfig | None = None,
+                       nms: NmsSettings | None = None):
+    """features [T, D]; segments [M, 2] grid units; actionness [M]; text_emb [K, D]; ``nms``: the model's
+    settings (``ModelConfig.nms()``; default: ModelConfig's defaults).
 
-    Returns (segments [N, 2], scores [N], labels [N] indices into text_emb rows), best first, after soft-NMS."""
+    Returns (segments [N, 2], scores [N], labels [N] indices into text_emb rows), best first, after NMS."""
     cfg = cfg or OVConfig()
+    nms = nms or ModelConfig().nms()
     features, text_emb = torch.as_tensor(features), torch.as_tensor(text_emb)
     segments, actionness = torch.as_tensor(segments), torch.as_tensor(actionness)
     if features.dim() != 2 or text_emb.dim() != 2 or features.shape[1] != text_emb.shape[1]:
@@ -101,7 +101,5 @@ def classify_proposals(features, segments, actionness, text_emb, cfg: OVConfig |
     cand_segments = segments.float().repeat_interleave(k, dim=0)
     cand_scores = fuse_scores(actionness.float().repeat_interleave(k), top_p.flatten(), cfg.fusion)
     cand_labels = top_c.flatten()
-    kept = postprocess(cand_segments, cand_scores, cand_labels, method=cfg.nms_method,
-                       iou_threshold=cfg.iou_threshold, sigma=cfg.nms_sigma, min_score=cfg.min_score,
-                       max_seg_num=cfg.max_seg_num, voting_thresh=cfg.voting_thresh)
+    kept = postprocess(cand_segments, cand_scores, cand_labels, **nms.kwargs())
     return kept["segments"], kept["scores"], kept["labels"]
