@@ -2,6 +2,7 @@
 the vectorised evaluator.  Reads ground truth straight from the raw JSON (no stovtal reader involved)."""
 
 import json
+import math
 
 import numpy as np
 
@@ -35,13 +36,13 @@ def _tiou(seg, cands):
     for cs, ce in cands:
         inter = max(0.0, min(seg[1], ce) - max(seg[0], cs))
         union = (ce - cs) + (seg[1] - seg[0]) - inter
-        out.append(inter / union if union > 0 else 0.0)
+        out.append(math.nan if union == 0 else inter / union)  # numpy's 0/0 in the official code
     return out
 
 
 def reference_ap(gt_rows, pred_rows, thresholds):
     """Per-class AP [T, C] (classes sorted) by the official loop; preds are (video, label, start, end, score)
-    in input order, ranked by descending score with ties in input order."""
+    in input order, ranked by descending score with ties in input order (tal-eval --ties stable)."""
     classes = sorted({r[1] for r in gt_rows})
     result = np.zeros((len(thresholds), len(classes)))
     for ci, cls in enumerate(classes):
@@ -56,10 +57,11 @@ def reference_ap(gt_rows, pred_rows, thresholds):
         for pi, (vid, _, s, e, _) in enumerate(preds):
             cands = by_video.get(vid, [])
             ious = _tiou((s, e), [(cs, ce) for _, cs, ce in cands])
-            order = sorted(range(len(cands)), key=lambda j: (-ious[j], -j))  # ties: later instance first
+            # descending tIoU, NaN first (numpy sorts it last, then the order is reversed); ties: later first
+            order = sorted(range(len(cands)), key=lambda j: (0, -j) if math.isnan(ious[j]) else (1, -ious[j], -j))
             for ti, thr in enumerate(thresholds):
                 for j in order:
-                    if ious[j] < thr:
+                    if ious[j] < thr:  # never true for NaN: the official loop counts it as a match
                         break
                     gi = cands[j][0]
                     if lock[ti][gi]:

@@ -182,3 +182,21 @@ def test_tiou_parsing_and_strict_json():
     np.testing.assert_allclose(parse_tiou("0.5:0.95:0.05"), np.linspace(0.5, 0.95, 10), atol=1e-12)
     np.testing.assert_allclose(parse_tiou("0.3, 0.5"), [0.3, 0.5])
     assert strict_json({"a": [float("nan"), 1.0], "b": float("inf"), "c": "x"}) == {"a": [None, 1.0], "b": None, "c": "x"}
+
+
+def test_v_prefix_mismatch_is_named_and_drop_v_prefix_fixes_it(tmp_path, caplog):
+    from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation, write_official
+
+    gt = tmp_path / "gt.json"
+    write_official(AnnotationSet({"v_abc": VideoAnnotation("v_abc", "validation", 20.0, None,
+                                                          [Segment(1.0, 5.0, "jump")])}), gt)
+    pred = tmp_path / "pred.json"
+    write_predictions({"abc": [Detection("jump", 0.9, 1.0, 5.0)]}, pred)
+    with caplog.at_level("WARNING", logger="tal.eval"):
+        code, output = run(eval_main, "--gt", gt, "--pred", pred, "--tiou", "0.5")
+    assert code == 0 and "none of the 1 predicted videos is in the ground truth" in caplog.text
+    assert "--drop-v-prefix" in caplog.text and "100.00" not in output
+    code, output = run(eval_main, "--gt", gt, "--pred", pred, "--tiou", "0.5", "--drop-v-prefix",
+                       "--json", tmp_path / "r.json")
+    assert code == 0 and json.loads((tmp_path / "r.json").read_text())["average_mAP"] == 1.0
+    assert json.loads((tmp_path / "r.json").read_text())["ties"] == "official"

@@ -66,12 +66,41 @@ def test_mean_over_gt_classes_and_missing_predictions():
     assert r.mAP[0] == pytest.approx(0.5)
 
 
-def test_ties_keep_input_order():
+def test_tied_scores_official_order_or_input_order():
     gt = make_gt({"v": [(0, 10, "a")]})
     tp_first = {"v": [Detection("a", 0.5, 0, 10), Detection("a", 0.5, 50, 60)]}
     fp_first = {"v": [Detection("a", 0.5, 50, 60), Detection("a", 0.5, 0, 10)]}
-    assert evaluate_detection(gt, tp_first, [0.5]).mAP[0] == pytest.approx(1.0)
-    assert evaluate_detection(gt, fp_first, [0.5]).mAP[0] == pytest.approx(0.5)
+    assert evaluate_detection(gt, tp_first, [0.5], ties="stable").mAP[0] == pytest.approx(1.0)
+    assert evaluate_detection(gt, fp_first, [0.5], ties="stable").mAP[0] == pytest.approx(0.5)
+    # the official argsort()[::-1]: a small array is sorted stably, then reversed -- the later tie comes first
+    assert evaluate_detection(gt, tp_first, [0.5]).mAP[0] == pytest.approx(0.5)
+    assert evaluate_detection(gt, fp_first, [0.5]).mAP[0] == pytest.approx(1.0)
+    # the official input order is Python 2.7's dict order of the videos: {"a", "b", "c"} iterates a, c, b
+    gt3 = make_gt({v: [(0, 10, "a")] for v in "abc"})
+    preds = {v: [Detection("a", 0.5, 0, 10) if v == "c" else Detection("a", 0.5, 50, 60)] for v in "abc"}
+    # official ranking: reverse of [a, c, b] = b, c, a -> FP, TP, FP; input order a, b, c would give FP, FP, TP
+    assert evaluate_detection(gt3, preds, [0.5]).mAP[0] == pytest.approx(0.5 / 3)
+    assert evaluate_detection(gt3, preds, [0.5], ties="stable").mAP[0] == pytest.approx(1 / 3 / 3)
+
+
+def test_equal_tious_over_more_than_16_instances_follow_numpy_116():
+    """Beyond 16 instances of a class in a video numpy's sort is not stable: the official loop visits equal
+    tIoUs 19, 18, 1, ... for 20 of them (numpy 1.16's quicksort, reversed), not 19, 18, 17."""
+    gt = make_gt({"v": [(0, 10, "a")] * 20})
+    preds = {"v": [Detection("a", 0.9 - 0.1 * i, 0, 10) for i in range(3)]}
+    _, official = evaluate_detection(gt, preds, [0.5], return_matching=True)
+    _, stable = evaluate_detection(gt, preds, [0.5], ties="stable", return_matching=True)
+    assert official.matched[0].tolist() == [19, 18, 1] and stable.matched[0].tolist() == [19, 18, 17]
+
+
+def test_zero_length_detection_on_zero_length_instance_matches_as_in_the_official_code():
+    """The official tIoU of two zero-length segments is 0/0 = NaN, which its loop counts as a match at every
+    threshold (wherever the two lie in the video)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnnotationWarning)
+        gt = make_gt({"v": [(5, 5, "a"), (20, 30, "a")]})
+    preds = {"v": [Detection("a", 0.9, 40, 40), Detection("a", 0.8, 20, 30)]}
+    assert evaluate_detection(gt, preds, [0.5, 0.95]).mAP.tolist() == [1.0, 1.0]
 
 
 def test_unknown_labels_ignored_and_counted_and_unknown_videos_are_fp():

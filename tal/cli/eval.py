@@ -10,9 +10,9 @@ import numpy as np
 
 from features.cli_support import Command
 from tal.atomic import atomic_write_json
-from tal.data.annotations import load_annotations
 from tal.eval.breakdown import BINS
 from tal.eval.detection import TIOU_PRESETS, evaluate_detection
+from tal.eval.inputs import id_mismatch_hint, load_ground_truth
 from tal.eval.predictions import load_predictions
 from tal.eval.protocols import MODES, evaluate_protocol, load_splits, summarize_splits
 from tal.eval.report import format_per_class, format_result, format_summary, strict_json
@@ -57,8 +57,12 @@ def parse_tiou(text: str) -> np.ndarray:
 @click.option("--videos", default=None, help="Comma-separated video ids for timeline plots (default: first 3).")
 @click.option("--per-class", is_flag=True, help="Also print per-class AP.")
 @click.option("--strict", is_flag=True, help="Treat zero-length GT segments as errors.")
+@click.option("--drop-v-prefix", is_flag=True,
+              help="Drop a leading 'v_' from ground-truth ids (BSN/ActionFormer files vs ActivityNet's official ids).")
+@click.option("--ties", type=click.Choice(["official", "stable"]), default="official", show_default=True,
+              help="Order of equal scores: the official evaluator's (numpy 1.16 quicksort, reversed) or input order.")
 def main(gt_path, pred_path, subset, gt_format, video_info, tiou, preset, split_spec, mode, dedup_gt, bins,
-         json_out, plot_dir, videos, per_class, strict):
+         json_out, plot_dir, videos, per_class, strict, drop_v_prefix, ties):
     """Score temporal action detections exactly as the official ActivityNet evaluator does."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with warnings.catch_warnings():
@@ -66,25 +70,19 @@ def main(gt_path, pred_path, subset, gt_format, video_info, tiou, preset, split_
         warnings.simplefilter("default")
         warnings.showwarning = lambda message, category, *args, **kwargs: log.warning("%s", message)
         run(gt_path, pred_path, subset, gt_format, video_info, tiou, preset, split_spec, mode, dedup_gt, bins,
-            json_out, plot_dir, videos, per_class, strict)
+            json_out, plot_dir, videos, per_class, strict, drop_v_prefix, ties)
 
 
 def run(gt_path, pred_path, subset, gt_format, video_info, tiou, preset, split_spec, mode, dedup_gt, bins,
-        json_out, plot_dir, videos, per_class, strict):
+        json_out, plot_dir, videos, per_class, strict, drop_v_prefix, ties):
     if tiou and preset:
         raise click.BadParameter("give --tiou or --preset, not both")
     thresholds = parse_tiou(tiou) if tiou else TIOU_PRESETS[preset or "anet"]
     bins = bins or ("anet" if preset == "anet" else "thumos")
     if mode and not split_spec:
         raise click.BadParameter("--mode needs --split")
-    # Ground truth as given (no clipping), like the official evaluator.
-    gt = load_annotations(gt_path, gt_format, subset, strict=strict, clip=False, video_info=video_info)
-    subsets = sorted({v.subset for v in gt.videos.values()})
-    if subset is None and len(subsets) > 1:
-        raise click.ClickException(f"{gt_path}: holds several subsets ({', '.join(subsets)}); "
-                                   f"choose one with --subset")
-    if not gt.videos:
-        raise click.ClickException(f"{gt_path}: no videos in subset {subset!r}")
+    gt = load_ground_truth(gt_path, gt_format, subset, strict=strict, video_info=video_info,
+                           drop_v_prefix=drop_v_prefix)
     preds = load_predictions(pred_path)
     splits = load_splits(split_spec) if split_spec else []
     chosen = [v.strip() for v in videos.split(",") if v.strip()] if videos else list(gt.videos)[:3]
@@ -92,20 +90,19 @@ def run(gt_path, pred_path, subset, gt_format, video_info, tiou, preset, split_s
     if plot_dir and unknown:
         raise click.BadParameter(f"--videos: not in the ground truth subset or predictions: {', '.join(unknown)}")
     if preds and not set(preds) & set(gt.videos):
-        hint = ""
-        if {("v_" + v) for v in preds} & set(gt.videos) or {v.removeprefix("v_") for v in preds} & set(gt.videos):
-            hint = " (the ids differ by a 'v_' prefix: ActivityNet's official ids have none, BSN's have one)"
-        log.warning("none of the %d predicted videos is in the ground truth%s", len(preds), hint)
+        log.warning("none of the %d predicted videos is in the ground truth%s", len(preds),
+                    id_mismatch_hint(gt.videos, preds))
     log.info("%d GT videos, %d instances, %d classes; %d predictions on %d videos", len(gt.videos),
              gt.num_segments, len(gt.classes), sum(len(d) for d in preds.values()), len(preds))
 
     if not splits:
-        result = evaluate_detection(gt, preds, thresholds, dedup_gt=dedup_gt, breakdown_bins=bins).to_dict()
+        result = evaluate_detection(gt, preds, thresholds, dedup_gt=dedup_gt, breakdown_bins=bins,
+                                    ties=ties).to_dict()
         click.echo(format_result(result))
         headline = result
     else:
-        runs = [evaluate_protocol(gt, preds, s, mode or "novel", thresholds, dedup_gt, breakdown_bins=bins)
-                for s in splits]
+        runs = [evaluate_protocol(gt, preds, s, mode or "novel", thresholds, dedup_gt, breakdown_bins=bins,
+                                  ties=ties) for s in splits]
         for run in runs:
             click.echo(format_result(run, title=f"split {run['split']} (mode {run['mode']})"))
             click.echo()
@@ -121,6 +118,7 @@ def run(gt_path, pred_path, subset, gt_format, video_info, tiou, preset, split_s
         result["gt"] = str(gt_path)
         result["pred"] = str(pred_path)
         result["dedup_gt"] = bool(dedup_gt)
+        result["ties"] = ties
         atomic_write_json(json_out, strict_json(result))
         log.info("wrote %s", json_out)
     if plot_dir:

@@ -7,7 +7,7 @@ Validation rules (shared by every reader, see :class:`AnnotationBuilder`):
 - negative times and ``end < start`` are errors;
 - zero-length segments (``end == start``) are kept and counted in a warning, because the official
   ActivityNet-1.3 ground truth holds three of them and the official evaluator counts them as positives that
-  can never be matched; ``strict=True`` turns them into errors;
+  only a zero-length detection matches (its tIoU is 0/0); ``strict=True`` turns them into errors;
 - segments past the video's end are clipped to the duration (``clip=True``, the default) and counted in one
   warning; segments that start after the stated end are kept as given (clipping would erase them, and the
   stated duration is as likely wrong, e.g. THUMOS14 video_test_0000270) and counted in another;
@@ -206,7 +206,7 @@ class AnnotationBuilder:
             warnings.warn(f"{self.path}: {self.beyond_end} segment(s) start after the stated video end (kept as given)",
                           AnnotationWarning, stacklevel=3)
         if self.zero_length:
-            warnings.warn(f"{self.path}: kept {self.zero_length} zero-length segment(s) (they can never be matched)",
+            warnings.warn(f"{self.path}: kept {self.zero_length} zero-length segment(s) (only zero-length detections match them)",
                           AnnotationWarning, stacklevel=3)
         prov = {"source": str(self.path), "format": fmt, **(provenance or {})}
         return AnnotationSet(self.videos, prov)

@@ -1,16 +1,20 @@
 """Detection mAP with the semantics of the official ActivityNet evaluator (Evaluation/eval_detection.py).
 
 Semantics, per class:
-- detections are ranked by descending score; ties keep input order (video order of the predictions dict,
-  then list order) -- the official code's ``argsort()[::-1]`` leaves tie order to numpy's sort;
+- detections are ranked by descending score. Equal scores (``ties="official"``, the default) come in the order
+  the official run visits them: it reads the results with Python 2.7 (videos in that dict's iteration order)
+  and ranks with ``argsort()[::-1]``, numpy 1.16's unstable quicksort reversed -- both ported in
+  :mod:`tal.eval.ranking`, so the result does not depend on the numpy or Python installed. ``ties="stable"``
+  keeps input order instead (video order of the predictions dict, then list order);
 - at each tIoU threshold a detection is a true positive when, among the ground-truth instances of the same
   video and class not yet taken at that threshold, the one with the highest tIoU reaches the threshold; that
   instance is then taken.  (The official loop walks the instances by descending tIoU, skipping taken ones,
   so a detection falls through to the next-best free instance.)  Equal tIoUs pick the later instance (file
-  order), as the official ``argsort()[::-1]`` does whenever numpy's sort is stable (its classic
-  introsort is, for up to 16 instances of a class in a video);
-- tIoU of two segments follows the official arithmetic; when the union is zero (two zero-length segments)
-  it is 0 here (the official code divides 0 by 0 and would count a match);
+  order), as the official ``argsort()[::-1]`` does for up to 16 instances of a class in a video (numpy
+  sorts those stably); beyond that in numpy 1.16's order (``ties="official"``) or still later-first;
+- tIoU of two segments follows the official arithmetic, including its 0/0: a zero-length detection and a
+  zero-length instance of the same class and video give NaN, which the official loop counts as a match at
+  every threshold (wherever they lie); it is done the same way here;
 - AP is all-point interpolation over the monotone precision envelope; a class's mAP uses every instance of
   it as positives; mAP is the mean over the classes present in the ground truth (or the given ``classes``
   that have ground truth); average mAP is the mean over thresholds;
@@ -75,23 +79,24 @@ class DetectionReport:
 
 def evaluate_detection(gt: AnnotationSet, preds: dict[str, list[Detection]], tiou_thresholds,
                        dedup_gt: bool = False, classes=None, *, breakdown_bins: str | None = None,
-                       return_matching: bool = False):
+                       ties: str = "official", return_matching: bool = False):
     """mAP of ``preds`` against ``gt`` (all its videos: pick a subset first) at each tIoU threshold.
 
     ``classes``: the evaluated vocabulary (default: the classes present in ``gt``); requested classes without
     ground truth are reported in ``missing_classes`` and left out of the mean.  ``breakdown_bins``
-    ("thumos"/"anet") fills ``report.breakdown`` (see :mod:`tal.eval.breakdown`).  With ``return_matching``
-    the :class:`Matching` is returned too."""
+    ("thumos"/"anet") fills ``report.breakdown`` (see :mod:`tal.eval.breakdown`).  ``ties``: equal scores (and
+    equal tIoUs) in the official evaluator's order ("official", see :mod:`tal.eval.ranking`) or in input order
+    ("stable").  With ``return_matching`` the :class:`Matching` is returned too."""
     gt_arrays = flatten_ground_truth(gt, classes, dedup_gt)
     missing = [] if classes is None else [c for c in dict.fromkeys(classes) if c not in set(gt_arrays.classes)]
-    pred_arrays = flatten_predictions(preds, gt_arrays)
+    pred_arrays = flatten_predictions(preds, gt_arrays, ties)
     if pred_arrays.ignored:
         warnings.warn(f"ignored {pred_arrays.ignored} prediction(s) with labels outside the evaluated classes",
                       EvaluationWarning, stacklevel=2)
     if pred_arrays.unmatched_video:
         warnings.warn(f"{pred_arrays.unmatched_video} prediction(s) are on videos without ground truth "
                       f"(counted as false positives)", EvaluationWarning, stacklevel=2)
-    matching = match_detections(gt_arrays, pred_arrays, tiou_thresholds)
+    matching = match_detections(gt_arrays, pred_arrays, tiou_thresholds, ties)
     ap = per_class_ap(matching)
     thresholds = matching.tiou_thresholds
     m_ap = ap.mean(axis=1) if ap.shape[1] else np.full(len(thresholds), np.nan)

@@ -17,8 +17,10 @@ import numpy as np
 
 from tal.data.annotations import AnnotationSet, Segment
 from tal.eval.predictions import Detection
+from tal.eval.ranking import SMALL_SORT, numpy116_argsort, official_descending, py27_dict_order
 
 DEDUP_TOLERANCE = 1e-3
+TIE_ORDERS = ("official", "stable")
 
 
 def dedup_segments(segments: list[Segment], tol: float = DEDUP_TOLERANCE) -> list[Segment]:
@@ -96,7 +98,12 @@ def flatten_ground_truth(gt: AnnotationSet, classes=None, dedup_gt: bool = False
                              np.asarray(s_l, np.float64), np.asarray(e_l, np.float64), list(classes), videos)
 
 
-def flatten_predictions(preds: dict[str, list[Detection]], gt: GroundTruthArrays) -> PredictionArrays:
+def flatten_predictions(preds: dict[str, list[Detection]], gt: GroundTruthArrays,
+                        ties: str = "official") -> PredictionArrays:
+    """Ranked detections: by class, then descending score. Equal scores: ``ties="official"`` in the official
+    evaluator's order (tal.eval.ranking), ``"stable"`` in input order (video order of ``preds``, then list order)."""
+    if ties not in TIE_ORDERS:
+        raise ValueError(f"ties must be one of {TIE_ORDERS}, got {ties!r}")
     class_index = {c: i for i, c in enumerate(gt.classes)}
     videos = dict(gt.videos)
     per_video = [videos.setdefault(vid, len(videos)) for vid in preds]
@@ -113,16 +120,40 @@ def flatten_predictions(preds: dict[str, list[Detection]], gt: GroundTruthArrays
     ignored = int(n - known.sum())
     unmatched = int((known & (video >= len(gt.videos))).sum())
     video, label, start, end, score = video[known], label[known], start[known], end[known], score[known]
-    # lexsort is stable: ties in score keep input order.
-    order = np.lexsort((-score, label))
+    order = np.lexsort((-score, label))  # stable: equal scores keep input order
+    if ties == "official" and len(order) > 1:
+        tied = (np.diff(label[order]) == 0) & (np.diff(score[order]) == 0)
+        if tied.any():  # without ties every correct sort gives this order
+            pred_video = np.repeat(np.arange(len(counts)), counts)[known]
+            order = _official_order(preds, pred_video, label, score)
     return PredictionArrays(video[order], label[order], start[order], end[order], score[order],
                             list(videos), ignored, unmatched)
 
 
-def segment_iou_pairs(ps, pe, gs, ge) -> np.ndarray:
-    """tIoU of paired segments, with the official evaluator's operation order (bit-identical results)."""
+def _official_order(preds, pred_video, label, score) -> np.ndarray:
+    """The official ranking. Its input is the prediction file as Python 2.7 read it (videos in that dict's
+    iteration order, each video's detections in list order); then, per class, ``score.argsort()[::-1]`` with
+    numpy 1.16's sort. ``pred_video``: each detection's video as a position in ``preds``."""
+    rank_of_video = np.empty(len(preds), np.int64)
+    position = {vid: i for i, vid in enumerate(preds)}
+    for r, vid in enumerate(py27_dict_order(list(preds))):
+        rank_of_video[position[vid]] = r
+    official_input = np.lexsort((np.arange(len(label)), rank_of_video[pred_video], label))
+    bounds = np.flatnonzero(np.diff(label[official_input])) + 1
+    return np.concatenate([block[official_descending(score[block])]
+                           for block in np.split(official_input, bounds)])
+
+
+def _inter_union(ps, pe, gs, ge):
+    """Intersection and union of paired segments, in the official evaluator's operation order."""
     inter = np.clip(np.minimum(pe, ge) - np.maximum(ps, gs), 0, None)
-    union = (ge - gs) + (pe - ps) - inter
+    return inter, (ge - gs) + (pe - ps) - inter
+
+
+def segment_iou_pairs(ps, pe, gs, ge) -> np.ndarray:
+    """tIoU of paired segments, with the official evaluator's arithmetic (bit-identical results); 0 where the
+    union is not positive (two zero-length segments)."""
+    inter, union = _inter_union(ps, pe, gs, ge)
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = inter / union
     return np.where(union > 0, iou, 0.0)
@@ -134,9 +165,15 @@ def tiou_matrix(a, b) -> np.ndarray:
     return segment_iou_pairs(a[:, None, 0], a[:, None, 1], b[None, :, 0], b[None, :, 1])
 
 
-def _candidate_pairs(gt: GroundTruthArrays, preds: PredictionArrays, min_tiou: float):
+def _candidate_pairs(gt: GroundTruthArrays, preds: PredictionArrays, min_tiou: float, ties: str = "official"):
     """All (detection, instance) pairs of the same video and class with tIoU >= min_tiou, ordered by
-    detection rank, then descending tIoU, then descending instance index."""
+    detection rank, then descending tIoU, then the order the official loop visits equal tIoUs in.
+
+    As in the official code, a zero-length detection and a zero-length instance have tIoU 0/0 = NaN, which its
+    loop takes for a match at every threshold and visits first: +inf here. Equal tIoUs: the official
+    ``argsort()[::-1]`` visits the later instance first when a video has at most 16 instances of the class
+    (numpy sorts those stably); beyond that, with ``ties="official"``, in numpy 1.16's order (tal.eval.ranking);
+    ``ties="stable"`` keeps "later first" always."""
     n_classes = max(len(gt.classes), 1)
     gkey = gt.video * n_classes + gt.label
     g_order = np.argsort(gkey, kind="stable")
@@ -149,25 +186,44 @@ def _candidate_pairs(gt: GroundTruthArrays, preds: PredictionArrays, min_tiou: f
     counts = np.where(found, sizes[where], 0)
     total = int(counts.sum())
     pair_p = np.repeat(np.arange(len(preds)), counts)
-    offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    first = np.cumsum(counts) - counts
+    offsets = np.arange(total) - np.repeat(first, counts)
     pair_g = g_order[np.repeat(lo, counts) + offsets]
-    iou = segment_iou_pairs(preds.start[pair_p], preds.end[pair_p], gt.start[pair_g], gt.end[pair_g])
+    inter, union = _inter_union(preds.start[pair_p], preds.end[pair_p], gt.start[pair_g], gt.end[pair_g])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        official = inter / union
+    iou = np.where(np.isnan(official), np.inf, np.where(union > 0, official, 0.0))
     keep = iou >= min_tiou
-    # Reversed, pairs run by descending instance index; the stable sort on (detection, -tIoU) keeps that
-    # order for equal tIoUs -- the later instance first, as the official argsort()[::-1] does (numpy sorts
-    # small arrays stably, then the reversal puts the later of equal values first).
-    pair_p, pair_g, iou = pair_p[keep][::-1], pair_g[keep][::-1], iou[keep][::-1]
-    order = np.lexsort((-iou, pair_p))
-    return pair_p[order], pair_g[order], iou[order]
+    visit = -offsets  # among equal tIoUs, the later instance first
+    if ties == "official":
+        _official_visits(visit, official, iou, keep, pair_p, counts, first)
+    order = np.lexsort((visit[keep], -iou[keep], pair_p[keep]))
+    return pair_p[keep][order], pair_g[keep][order], iou[keep][order]
 
 
-def match_detections(gt: GroundTruthArrays, preds: PredictionArrays, tiou_thresholds) -> Matching:
+def _official_visits(visit, official, iou, keep, pair_p, counts, first) -> None:
+    """For detections with more than 16 instances to choose from and equal tIoUs among their candidates, the
+    position of each instance in the official visiting order (numpy 1.16's argsort of the tIoUs, reversed)."""
+    big = keep & (counts[pair_p] > SMALL_SORT)
+    if not big.any():
+        return
+    p, v = pair_p[big], iou[big]
+    o = np.lexsort((v, p))
+    tied = (np.diff(p[o]) == 0) & (np.diff(v[o]) == 0)
+    for det in np.unique(p[o][1:][tied]):
+        span = slice(first[det], first[det] + counts[det])
+        visiting = numpy116_argsort(official[span])[::-1]
+        visit[span][visiting] = np.arange(counts[det])
+
+
+def match_detections(gt: GroundTruthArrays, preds: PredictionArrays, tiou_thresholds,
+                     ties: str = "official") -> Matching:
     thresholds = np.asarray(tiou_thresholds, np.float64)
     n_t, n_p, n_g = len(thresholds), len(preds), len(gt)
     matched = np.full((n_t, n_p), -1, np.int64)
     if n_p == 0 or n_g == 0 or n_t == 0:
         return Matching(gt, preds, thresholds, matched)
-    pair_p, pair_g, iou = _candidate_pairs(gt, preds, float(thresholds.min()))
+    pair_p, pair_g, iou = _candidate_pairs(gt, preds, float(thresholds.min()), ties)
     # One flat problem over all thresholds: ids t*n_p + p and t*n_g + g never collide across thresholds.
     act_p = np.concatenate([t * n_p + pair_p[iou >= thr] for t, thr in enumerate(thresholds)])
     act_g = np.concatenate([t * n_g + pair_g[iou >= thr] for t, thr in enumerate(thresholds)])

@@ -190,7 +190,7 @@ def group_summary(report: DetectionReport, classes) -> dict:
 
 
 def evaluate_protocol(gt: AnnotationSet, preds, split: Split, mode: str, tiou_thresholds,
-                      dedup_gt: bool = False, breakdown_bins: str | None = None) -> dict:
+                      dedup_gt: bool = False, breakdown_bins: str | None = None, ties: str = "official") -> dict:
     """Score ``preds`` under an OV-TAL protocol; returns a JSON-ready dict.
 
     Keys: ``mode``, ``split`` (name), ``tiou_thresholds``, and per class group (``novel`` for mode novel;
@@ -203,7 +203,7 @@ def evaluate_protocol(gt: AnnotationSet, preds, split: Split, mode: str, tiou_th
     check_split_classes(split, gt)
     vocabulary = split.novel if mode == "novel" else split.all
     report = evaluate_detection(gt, preds, tiou_thresholds, dedup_gt=dedup_gt, classes=vocabulary,
-                                breakdown_bins=breakdown_bins)
+                                breakdown_bins=breakdown_bins, ties=ties)
     groups = {"novel": split.novel} if mode == "novel" else {"all": split.all, "base": split.base,
                                                               "novel": split.novel}
     out = {"mode": mode, "split": split.name, "tiou_thresholds": [float(t) for t in report.tiou_thresholds]}
