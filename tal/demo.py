@@ -62,6 +62,9 @@ def run_demo(out, seed: int = 0, *, progress: bool = True, overrides=(), counts:
     from tal.atomic import atomic_write_json
     from tal.selftrain import format_table, plot_report, run_selftrain
 
+    from tal.config import load_config
+
+    load_config(DEMO_PRESET, list(overrides))  # a bad --set fails now, not after simulating the data
     out = Path(out)
     start = time.time()
     log.info("SIMULATED data: writing the benchmark (seed %d) to %s", seed, out / "data")

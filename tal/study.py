@@ -365,7 +365,7 @@ def _wait_any(running: dict) -> tuple[int, int]:
 
 
 def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+    return _numbers(text, int)
 
 
 def _sizes(text: str) -> dict:
@@ -380,7 +380,15 @@ def _sizes(text: str) -> dict:
 
 
 def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+    return _numbers(text, float)
+
+
+def _numbers(text: str, kind) -> list:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated {'integers' if kind is int else 'numbers'}, "
+                                 "e.g. 0,1,2") from None
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -412,6 +420,10 @@ def main(out, seeds, scale, taus, sweep_videos, budget_videos, sizes, overrides,
     seeds, scale, taus, counts = _ints(seeds), _ints(scale), _floats(taus), _sizes(sizes)
     if only_seed is not None and only_seed not in seeds:
         raise click.UsageError(f"--only-seed {only_seed} is not one of --seeds {seeds}")
+    from tal.config import load_config
+    from tal.demo import DEMO_PRESET
+
+    load_config(DEMO_PRESET, list(overrides))  # a bad --set fails now, not after simulating the data
     if only_seed is not None:
         run_seed(out, only_seed, seeds, scale, taus, sweep_videos, budget_videos, not no_progress, overrides,
                  counts)
