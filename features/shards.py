@@ -32,7 +32,8 @@ def shard_from_env(env=os.environ) -> tuple[int, int] | None:
     try:
         shard = parse_shard(f"{env['RANK']}/{env['WORLD_SIZE']}")
     except ShardError:
-        raise ShardError(f"RANK={env['RANK']!r} WORLD_SIZE={env['WORLD_SIZE']!r}: need 0 <= RANK < WORLD_SIZE") from None
+        raise ShardError(f"RANK={env['RANK']!r} WORLD_SIZE={env['WORLD_SIZE']!r}: "
+                         "need 0 <= RANK < WORLD_SIZE") from None
     return shard if shard[1] > 1 else None
 
 

@@ -60,7 +60,8 @@ def parse_tiou(text: str) -> np.ndarray:
 @click.option("--drop-v-prefix", is_flag=True,
               help="Drop a leading 'v_' from ground-truth ids (BSN/ActionFormer files vs ActivityNet's official ids).")
 @click.option("--ties", type=click.Choice(["official", "stable"]), default="official", show_default=True,
-              help="Order of equal scores: the official evaluator's (numpy 1.16 quicksort, reversed) or input order.")
+              help="Order of equal scores: the official evaluator's (numpy 1.16 quicksort, reversed) or input "
+                   "order.")
 def main(gt_path, pred_path, subset, gt_format, video_info, tiou, preset, split_spec, mode, dedup_gt, bins,
          json_out, plot_dir, videos, per_class, strict, drop_v_prefix, ties):
     """Score temporal action detections exactly as the official ActivityNet evaluator does."""

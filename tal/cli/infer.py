@@ -38,7 +38,8 @@ from features.cli_support import Command
               help="A --features store whose rows win for videos that several stores hold with different rows "
                    "(default: such videos are an error).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader worker processes.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Results JSON to write.")
 def main(features, checkpoint, annotations, subset, vocab, split, which, class_names, embed_names, template,

@@ -206,7 +206,7 @@ class AnnotationBuilder:
             warnings.warn(f"{self.path}: {self.beyond_end} segment(s) start after the stated video end (kept as given)",
                           AnnotationWarning, stacklevel=3)
         if self.zero_length:
-            warnings.warn(f"{self.path}: kept {self.zero_length} zero-length segment(s) (only zero-length detections match them)",
-                          AnnotationWarning, stacklevel=3)
+            warnings.warn(f"{self.path}: kept {self.zero_length} zero-length segment(s) "
+                          "(only zero-length detections match them)", AnnotationWarning, stacklevel=3)
         prov = {"source": str(self.path), "format": fmt, **(provenance or {})}
         return AnnotationSet(self.videos, prov)
