@@ -172,7 +172,7 @@ def test_a_truncated_hdf5_store_is_refused(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"], ids=["zarr", "hdf5"])
 def test_stores_written_before_checksums_still_open_append_and_validate(tmp_path, suffix, monkeypatch):
-    """Format 1 (10 index columns, no crc32): written here by the same code paths, as stovtal 0.1 wrote them."""
+    """Format 1 (10 index columns, no crc32): written here by the same code paths, as stovtal wrote them before checksums."""
     path = tmp_path / f"old{suffix}"
     monkeypatch.setattr(store_core, "FORMAT_VERSION", 1)
     write(path, LENGTHS[:2])

@@ -142,7 +142,7 @@ class FeatureStore:
 
     @property
     def has_checksums(self) -> bool:
-        """Whether videos carry a crc32 of their rows (stores written by stovtal >= 0.2, format 2)."""
+        """Whether videos carry a crc32 of their rows (store format 2; format-1 stores predate them)."""
         return self.format >= 2
 
     def checksum(self, vid) -> int | None:
