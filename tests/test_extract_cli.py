@@ -203,7 +203,10 @@ def test_cli_prompt_ensemble_from_flags_and_file(setup, tmp_path):
 def test_unavailable_weights_stop_with_a_clear_error(setup, tmp_path, monkeypatch):
     import huggingface_hub.constants as hf_constants
 
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)   # no network here anyway; fail fast
+    # A weights tag that cannot be had on any machine: offline, over an empty download cache (weights cached
+    # elsewhere on this machine stay out of sight).
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     with pytest.raises(EncoderError, match="--checkpoint"):
         load_encoder("ViT-B-32", "openai", device="cpu")
     store = tmp_path / "never.zarr"
@@ -212,6 +215,12 @@ def test_unavailable_weights_stop_with_a_clear_error(setup, tmp_path, monkeypatc
     assert result.exit_code == 1 and "Traceback" not in result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("Error: cannot get pretrained weights ViT-B-32/openai") and "--checkpoint FILE" in last
+    # A tag that exists nowhere: the same kind of one-line refusal, and no store either.
+    result = CliRunner().invoke(main, ["videos", str(setup["videos"]), "--store", str(store),
+                                       "--model", "ViT-B-32", "--pretrained", "no-such-weights"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: unknown pretrained tag 'no-such-weights' for ViT-B-32") and "--checkpoint" in last
     assert not store.exists()
 
 
