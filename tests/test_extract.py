@@ -200,6 +200,8 @@ def test_random_weights_are_reproducible_and_checkpoints_are_hashed(encoder, tin
         torch.jit.script(model.eval()).save(str(tmp_path / "weights.jit.pt"))
     scripted = load_encoder(str(tiny_config), "none", checkpoint=tmp_path / "weights.jit.pt", device="cpu")
     assert np.array_equal(scripted.encode_images(images), encoder.encode_images(images))
+    with pytest.raises(EncoderError, match="--text-checkpoint.*not needed"):   # the file's text tower is whole
+        load_encoder(str(tiny_config), "none", checkpoint=ckpt, text_checkpoint=ckpt, device="cpu")
     assert np.array_equal(load_encoder(str(tiny_config), "none").encode_images(images), encoder.encode_images(images))
     assert not np.array_equal(load_encoder(str(tiny_config), "none", seed=1).encode_images(images),
                               encoder.encode_images(images))

@@ -155,6 +155,25 @@ def test_viclip_checkpoints_load_by_name_and_refuse_gaps(setup, tmp_path):
     prov = loaded.provenance()
     assert prov["weights_format"] == "viclip" and prov["towers"] == {"image": "viclip.pth", "text": "viclip.pth"}
 
+    # No token embedding: videos extract, class names are refused naming it, --text-checkpoint fills it.
+    no_tokens = {k: v for k, v in state.items() if k != "module.text_encoder.token_embedding.weight"}
+    torch.save({"model": no_tokens}, tmp_path / "no_tokens.pth")
+    partial = load_encoder(str(setup["config"]), checkpoint=tmp_path / "no_tokens.pth", device="cpu")
+    assert np.array_equal(partial.encode_clips(clip), loaded.encode_clips(clip))
+    good = videos_named(list(setup["videos"].iterdir()), "carphone_distorted")["carphone_distorted"]
+    store = tmp_path / "s.zarr"
+    extract_videos(collect_videos([good]), store, partial, ExtractOptions(grid=GRID), progress=False)
+    (tmp_path / "classes.txt").write_text("High Jump\n")
+    args = ["text", "--store", str(store), "--classes", str(tmp_path / "classes.txt"), "--name", "v",
+            "--model", str(setup["config"]), "--checkpoint", str(tmp_path / "no_tokens.pth")]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "has no text_encoder.token_embedding.weight" in res.output and "--text-checkpoint" in res.output
+    res = CliRunner().invoke(main, args + ["--text-checkpoint", str(tmp_path / "viclip.pth")])
+    assert res.exit_code == 0, res.output
+    with open_store(store) as s:
+        np.testing.assert_allclose(s.vocabulary("v").embeddings, loaded.encode_texts(["High Jump"]), atol=1e-6)
+
     missing = dict(state)
     del missing["module.vision_encoder.temporal_positional_embedding"]
     torch.save({"model": missing}, tmp_path / "missing.pth")

@@ -1,6 +1,6 @@
 """ViFi-CLIP checkpoints on open_clip's ViT-B-16: the layout ViFi-CLIP's training writes, built here from a random
 ViT-B-16 (real open_clip model, real torch files), loads bit-identically to the same weights in open_clip's layout;
-a missing, reshaped or unknown tensor is refused with its key named; the text tower's gap is named and filled."""
+a missing, reshaped or unknown tensor is refused with its key named; --text-checkpoint fills the text tower's gap."""
 
 import argparse
 import hashlib
@@ -15,7 +15,6 @@ from features.encoders import EncoderError, load_encoder
 from features.extract_cli import main
 from features.store import open_store
 from features.store.ops import validate
-from features.weights import detect_format, read_state_dict
 
 GRID_ARGS = ["--num-frames", "32", "--stride", "16", "--frame-step", "16"]
 
@@ -60,35 +59,25 @@ def vit(tmp_path_factory):
 
 def test_vificlip_layout_gives_bit_identical_features(vit):
     plain = load_encoder("ViT-B-16", checkpoint=vit["open_clip"], device="cpu")
-    vifi = load_encoder("ViT-B-16", checkpoint=vit["vifi"], device="cpu")
-    assert detect_format(read_state_dict(vit["vifi"]).tensors) == "vificlip"
+    # The ViFi-CLIP file lacks the token embedding; --text-checkpoint supplies it (and nothing else).
+    vifi = load_encoder("ViT-B-16", checkpoint=vit["vifi"], text_checkpoint=vit["open_clip"], device="cpu")
     ours, theirs = vifi.model.state_dict(), plain.model.state_dict()
-    for key, value in theirs.items():
-        if key != "token_embedding.weight":     # not in a ViFi-CLIP file
-            assert torch.equal(ours[key], value), key
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], v) for k, v in theirs.items())
     pixels = torch.randn(3, 3, 224, 224)
     with torch.inference_mode():
         assert torch.equal(vifi.model.encode_image(pixels), plain.model.encode_image(pixels))
+    texts = ["a video of a person high jump.", "tennis swing"]
+    assert np.array_equal(vifi.encode_texts(texts), plain.encode_texts(texts))
 
     prov = vifi.provenance()
     assert prov["pretrained"] == "sha256:" + hashlib.sha256(vit["vifi"].read_bytes()).hexdigest()
     assert (prov["weights_format"], prov["checkpoint_file"], prov["quick_gelu"]) == ("vificlip", "vifi.pth", True)
-    assert prov["towers"] == {"image": "vifi.pth", "text": "incomplete (no token_embedding.weight)"}
+    assert prov["towers"] == {"image": "vifi.pth", "text": "vifi.pth + token_embedding.weight from open_clip_layout.pt"}
+    assert prov["text_checkpoint_sha256"] == "sha256:" + hashlib.sha256(vit["open_clip"].read_bytes()).hexdigest()
     # ViFi-CLIP's own evaluation transform: short side 256, centre crop 224, ImageNet statistics.
     assert prov["preprocess"]["short_side"] == 256 and prov["preprocess"]["mean"] == [0.485, 0.456, 0.406]
     # OpenAI CLIP (what ViFi-CLIP starts from) uses QuickGELU; a plain open_clip ViT-B-16 would not.
     assert plain.provenance()["quick_gelu"] is True
-
-    with pytest.raises(EncoderError, match=r"no token_embedding\.weight.*--text-checkpoint"):
-        vifi.encode_texts(["a video of a person high jump."])
-    full = load_encoder("ViT-B-16", checkpoint=vit["vifi"], text_checkpoint=vit["open_clip"], device="cpu")
-    texts = ["a video of a person high jump.", "tennis swing"]
-    assert np.array_equal(full.encode_texts(texts), plain.encode_texts(texts))
-    prov = full.provenance()
-    assert prov["towers"]["text"] == "vifi.pth + token_embedding.weight from open_clip_layout.pt"
-    assert prov["text_checkpoint_sha256"] == "sha256:" + hashlib.sha256(vit["open_clip"].read_bytes()).hexdigest()
-    with pytest.raises(EncoderError, match="--text-checkpoint.*not needed"):
-        load_encoder("ViT-B-16", checkpoint=vit["open_clip"], text_checkpoint=vit["open_clip"], device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +114,7 @@ def test_a_missing_reshaped_or_unknown_tensor_is_refused_with_its_key(vit, image
             load_encoder("ViT-B-16", checkpoint=vit["vifi"], weights_format="open_clip", device="cpu")
 
 
-def test_cli_extracts_with_vificlip_and_names_the_text_gap(vit, real_videos, tmp_path):
+def test_cli_extracts_with_vificlip_then_embeds_text_with_a_text_checkpoint(vit, real_videos, tmp_path):
     video = videos_named(real_videos, "carphone_distorted")["carphone_distorted"]
     store = tmp_path / "vifi.zarr"
     runner = CliRunner()
@@ -134,15 +123,13 @@ def test_cli_extracts_with_vificlip_and_names_the_text_gap(vit, real_videos, tmp
     assert res.exit_code == 0, res.output
     with open_store(store) as s:
         assert validate(s) == [] and s.read("carphone_distorted").shape == (6, 512)
-        assert s.provenance["weights_format"] == "vificlip" and s.provenance["towers"]["image"] == "vifi.pth"
+        assert s.provenance["weights_format"] == "vificlip"
+        assert s.provenance["towers"] == {"image": "vifi.pth", "text": "incomplete (no token_embedding.weight)"}
     classes = tmp_path / "classes.txt"
     classes.write_text("High Jump\nBiking\n")
-    args = ["text", "--store", str(store), "--classes", str(classes), "--name", "demo", "--checkpoint",
-            str(vit["vifi"]), "--template", "a photo of a {}."]
-    res = runner.invoke(main, args)
-    assert res.exit_code == 1 and "Traceback" not in res.output
-    assert "no token_embedding.weight" in res.output and "--text-checkpoint" in res.output
-    res = runner.invoke(main, args + ["--text-checkpoint", str(vit["open_clip"])])
+    res = runner.invoke(main, ["text", "--store", str(store), "--classes", str(classes), "--name", "demo",
+                               "--checkpoint", str(vit["vifi"]), "--template", "a photo of a {}.",
+                               "--text-checkpoint", str(vit["open_clip"])])
     assert res.exit_code == 0, res.output
     with open_store(store) as s:
         vocab = s.vocabulary("demo")
