@@ -323,6 +323,16 @@ def _warn_random(model_name: str, seed: int) -> None:
                 "carry no meaning beyond tests and benchmarks", model_name, seed)
 
 
+def _weights_call(function, *args):
+    """A features.weights function, its WeightsError reported as an EncoderError (same one-line message)."""
+    from features.weights import WeightsError
+
+    try:
+        return function(*args)
+    except WeightsError as exc:
+        raise EncoderError(str(exc)) from None
+
+
 def _from_checkpoint(model, model_name: str, family: str, state, fmt: str, checkpoint, text_checkpoint):
     """Load a file's weights into ``model``; (pretrained label, provenance, why text is unusable or None)."""
     import open_clip
@@ -339,7 +349,7 @@ def _from_checkpoint(model, model_name: str, family: str, state, fmt: str, check
             raise EncoderError(f"--checkpoint {path}: cannot load it into {model_name}: {_first_line(exc)}") from None
         report = LoadReport(fmt, {"image": path.name, "text": path.name}, [])
     else:
-        report = load_weights(model, model_name, family, state, fmt, text_checkpoint)
+        report = _weights_call(load_weights, model, model_name, family, state, fmt, text_checkpoint)
     extra = {"checkpoint_file": path.name, "weights_format": report.format, "towers": report.towers}
     if text_checkpoint is not None:
         extra["text_checkpoint_file"] = Path(text_checkpoint).name
@@ -411,7 +421,7 @@ def _load_open_clip(open_clip, model_name, extra, pretrained, checkpoint, dev, p
         if Path(checkpoint).suffix in (".npz", ".npy"):   # big_vision (SigLIP) weights: open_clip maps them
             state, fmt = None, "big_vision"
         else:
-            state = read_state_dict(checkpoint, "--checkpoint")
+            state = _weights_call(read_state_dict, checkpoint, "--checkpoint")
             fmt = detect_format(state.tensors) if weights_format == "auto" else weights_format
         if fmt == "vificlip":
             if pretrained is not None and pretrained in known_tags:
@@ -478,7 +488,7 @@ def _load_viclip(model_name, cfg, extra, pretrained, checkpoint, dev, prec, seed
                            f"--checkpoint FILE (a ViCLIP .pth of the InternVid release), or --pretrained none")
     text_missing = None
     if checkpoint is not None:
-        state = read_state_dict(checkpoint, "--checkpoint")
+        state = _weights_call(read_state_dict, checkpoint, "--checkpoint")
         fmt = detect_format(state.tensors) if weights_format == "auto" else weights_format
         model = _seeded(seed, lambda: ViCLIP(cfg))
         label, more, text_missing = _from_checkpoint(model, model_name, "viclip", state, fmt, checkpoint,

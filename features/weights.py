@@ -34,8 +34,6 @@ from pathlib import Path
 
 import torch
 
-from features.encoders import EncoderError
-
 FORMATS = ("auto", "open_clip", "vificlip", "viclip")
 # ViFi-CLIP buffers computed from the training classes' prompts; its own loader deletes them too.
 VIFICLIP_DERIVED = ("prompt_learner.complete_text_embeddings", "prompt_learner.token_prefix",
@@ -44,6 +42,11 @@ VIFICLIP_DERIVED = ("prompt_learner.complete_text_embeddings", "prompt_learner.t
 OPENAI_SCALARS = ("input_resolution", "context_length", "vocab_size")
 # The contrastive temperature (and SigLIP's bias) never touch an embedding: optional in every file.
 SCALE_KEYS = ("logit_scale", "logit_bias", "temp")
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be loaded as asked; one line naming the file and key (features.encoders turns it
+    into an EncoderError, so this module stays below the encoders)."""
 
 
 def tower_of(key: str) -> str:
@@ -114,12 +117,12 @@ def read_state_dict(path, option: str = "--checkpoint") -> StateDict:
     archive or a .safetensors file, unwrapped from ``{"state_dict": ...}`` / ``{"model": ...}`` containers."""
     path = Path(path)
     if not path.is_file():
-        raise EncoderError(f"{option} {path}: file not found")
+        raise WeightsError(f"{option} {path}: file not found")
     with open(path, "rb") as f:
         head = f.read(8)
     # torch.save writes a zip (b"PK"), older torch a protocol-2 pickle (0x80); TorchScript is a zip too.
     if path.suffix != ".safetensors" and not head.startswith((b"PK", b"\x80")):
-        raise EncoderError(f"{option} {path}: not a PyTorch, TorchScript or .safetensors weights file "
+        raise WeightsError(f"{option} {path}: not a PyTorch, TorchScript or .safetensors weights file "
                            f"(it starts with {head!r})")
     try:
         if path.suffix == ".safetensors":
@@ -133,13 +136,13 @@ def read_state_dict(path, option: str = "--checkpoint") -> StateDict:
             obj = _torch_load(path)
     except Exception as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EncoderError(f"{option} {path}: not a readable weights file ({text[:200]})") from None
+        raise WeightsError(f"{option} {path}: not a readable weights file ({text[:200]})") from None
     for container in ("state_dict", "model", "module"):
         if not _tensor_dict(obj) and isinstance(obj, dict) and _tensor_dict(obj.get(container)):
             obj = obj[container]
     if not _tensor_dict(obj):
         keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
-        raise EncoderError(f"{option} {path}: holds no state dict of tensors (found: {keys})")
+        raise WeightsError(f"{option} {path}: holds no state dict of tensors (found: {keys})")
     prefix = "module." if all(k.startswith("module.") for k in obj) else ""
     return StateDict(path, option, {k[len(prefix):]: v for k, v in obj.items()}, prefix)
 
@@ -211,12 +214,12 @@ def map_to_model(sd: StateDict, fmt: str, model, family: str, model_name: str) -
     """Rename a file's tensors to the model's parameter names; refuse a layout that belongs to another model."""
     fmt = detect_format(sd.tensors) if fmt == "auto" else fmt
     if fmt not in FORMATS[1:]:
-        raise EncoderError(f"--weights-format {fmt!r}: unknown (one of {', '.join(FORMATS)})")
+        raise WeightsError(f"--weights-format {fmt!r}: unknown (one of {', '.join(FORMATS)})")
     wanted = ("viclip",) if family == "viclip" else ("open_clip", "vificlip")
     if fmt not in wanted:
         hint = ("use --model ViCLIP-B-16 (or ViCLIP-L-14)" if fmt == "viclip"
                 else f"{model_name} reads {' or '.join(wanted)} files")
-        raise EncoderError(f"{sd.option} {sd.path}: a {fmt} checkpoint cannot be loaded into {model_name}; {hint}")
+        raise WeightsError(f"{sd.option} {sd.path}: a {fmt} checkpoint cannot be loaded into {model_name}; {hint}")
     out = Mapped(sd, fmt)
     # Copies of buffers the model computes itself (a TorchScript archive saves open_clip's causal attn_mask).
     derived = {name for name, _ in model.named_buffers()} - set(model.state_dict())
@@ -245,10 +248,10 @@ def _check_fits(mapped: Mapped, expected: dict, model_name: str, keys=None) -> N
     for name in (mapped.tensors if keys is None else keys):
         where = mapped.source.where(mapped.file_key[name])
         if name not in expected:
-            raise EncoderError(f"{where}: this tensor has no place in {model_name} (another architecture, or a "
+            raise WeightsError(f"{where}: this tensor has no place in {model_name} (another architecture, or a "
                                f"prompt-learning variant?); nothing was loaded")
         if _shape(mapped.tensors[name]) != _shape(expected[name]):
-            raise EncoderError(f"{where}: shape {_shape(mapped.tensors[name])} but {model_name} needs "
+            raise WeightsError(f"{where}: shape {_shape(mapped.tensors[name])} but {model_name} needs "
                                f"{_shape(expected[name])} ({name}); nothing was loaded")
 
 
@@ -269,7 +272,7 @@ def load_weights(model, model_name: str, family: str, state: StateDict, weights_
     missing_image = [k for k in image if k not in primary.tensors]
     if missing_image:
         first = missing_image[0]
-        raise EncoderError(
+        raise WeightsError(
             f"{primary.source.where(primary.file_name_of(first))}: missing ({primary.format} layout; {model_name} "
             f"needs it for {first}; {len(missing_image)} of {len(image)} image-tower tensors missing); "
             f"nothing was loaded")
@@ -279,13 +282,13 @@ def load_weights(model, model_name: str, family: str, state: StateDict, weights_
     name = state.path.name
     if text_checkpoint is not None:
         if not text_missing:
-            raise EncoderError(f"--text-checkpoint {text_checkpoint}: not needed, --checkpoint {state.path} holds "
+            raise WeightsError(f"--text-checkpoint {text_checkpoint}: not needed, --checkpoint {state.path} holds "
                                f"the whole text tower; leave it out")
         second = map_to_model(read_state_dict(text_checkpoint, "--text-checkpoint"), "auto", model, family,
                               model_name)
         still = [k for k in text_missing if k not in second.tensors]
         if still:
-            raise EncoderError(f"--text-checkpoint {second.source.path}: has no {second.file_name_of(still[0])} "
+            raise WeightsError(f"--text-checkpoint {second.source.path}: has no {second.file_name_of(still[0])} "
                                f"({len(still)} text-tower tensors still missing); nothing was loaded")
         _check_fits(second, expected, model_name, keys=text_missing)
         merged.update({k: second.tensors[k] for k in text_missing})
@@ -299,6 +302,6 @@ def load_weights(model, model_name: str, family: str, state: StateDict, weights_
         text = name
     result = model.load_state_dict(merged, strict=False)
     if result.unexpected_keys:   # _check_fits makes this impossible; kept as a guard against a silent load
-        raise EncoderError(f"--checkpoint {state.path}: unexpected {result.unexpected_keys[0]}")
+        raise WeightsError(f"--checkpoint {state.path}: unexpected {result.unexpected_keys[0]}")
     return LoadReport(primary.format, {"image": name, "text": text},
                       [primary.file_name_of(k) for k in text_missing])
