@@ -4,7 +4,7 @@ VENV    := .venv/.installed
 VIDEOS  ?= videos
 STORE   ?= features.zarr
 MODEL   ?= ViT-B-16
-PRETRAINED ?= openai
+PRETRAINED ?=
 ARGS    ?=
 OUT     ?= demo_out
 SEED    ?= 0
@@ -24,8 +24,9 @@ $(VENV): setup.cfg setup.py
 test: $(VENV)
 	$(PY) -m pytest -q tests
 
+# --pretrained only when set: tal-extract's own default is openai, and ViCLIP takes weights only from --checkpoint.
 extract: $(VENV)
-	.venv/bin/tal-extract videos $(VIDEOS) --store $(STORE) --model $(MODEL) --pretrained $(PRETRAINED) $(ARGS)
+	.venv/bin/tal-extract videos $(VIDEOS) --store $(STORE) --model $(MODEL) $(if $(PRETRAINED),--pretrained $(PRETRAINED)) $(ARGS)
 
 bench: $(VENV)
 	$(PY) tools/bench_store.py

@@ -2,8 +2,8 @@
 
 A store's provenance describes its rows. Two sets of rows are the same kind of features -- a model trained on
 one may run on the other, and they may be mixed in one run -- when they agree on ``FEATURE_KEYS``: the
-encoder (``ENCODER_KEYS``: architecture, custom config, weights, random-init seed), how frames become a row
-(image size, preprocessing, normalisation), the snippet grid and the dimension. Text embeddings belong to
+encoder (``ENCODER_KEYS``: architecture, custom config, weights, random-init seed, QuickGELU), how frames
+become a row (image size, preprocessing, normalisation), the snippet grid and the dimension. Text embeddings belong to
 features when they agree on ``ENCODER_KEYS``. Adding videos to a store (resuming an extraction) also needs the
 same ``ROW_KEYS`` (encoder precision, stored dtype), so that a store holds one kind of row, bit for bit.
 Merging stores into one needs equal provenance apart from ``VOLATILE_KEYS``: one header describes them all.
@@ -11,7 +11,7 @@ Merging stores into one needs equal provenance apart from ``VOLATILE_KEYS``: one
 
 from __future__ import annotations
 
-ENCODER_KEYS = ("encoder", "model_config_sha256", "pretrained", "init_seed")
+ENCODER_KEYS = ("encoder", "model_config_sha256", "pretrained", "init_seed", "quick_gelu")
 SAMPLING_KEYS = ("image_size", "preprocess", "normalise", "fps", "window", "stride", "frame_step")
 FEATURE_KEYS = ENCODER_KEYS + SAMPLING_KEYS + ("dim",)
 ROW_KEYS = ("precision", "dtype")

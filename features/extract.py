@@ -1,9 +1,10 @@
 """The resumable, shardable extraction pipeline: videos -> snippet features in a feature store.
 
 Decoding runs in background threads (decord and torchvision release the GIL) that feed bounded queues,
-so the encoder in the main thread is never starved. Each video is encoded in fixed chunks of
-``batch_size`` unique source frames, so a video's features never depend on which other videos were in
-the run: a resumed, sharded or uninterrupted run writes bit-identical rows.
+so the encoder in the main thread is never starved. Each video is decoded in fixed chunks of
+``batch_size`` unique source frames and encoded in fixed groups (per-frame encoders: those chunks; clip
+encoders: ``batch_size // clip_frames`` snippets at a time), so a video's features never depend on which
+other videos were in the run: a resumed, sharded or uninterrupted run writes bit-identical rows.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ import numpy as np
 
 from features import __version__
 from features.compat import ENCODER_KEYS, FEATURE_KEYS, ROW_KEYS, differing_keys
-from features.decode import VIDEO_EXTENSIONS, DecodeError, SnippetPlan, VideoSource, plan_snippets
+from features.decode import VIDEO_EXTENSIONS, DecodeError, SnippetPlan, VideoSource, plan_snippets, window_offsets
 from features.errors import StovtalError
 
 log = logging.getLogger(__name__)
 
-NORMALISE = "mean-of-l2"   # snippet row = mean of the L2-normalised frame embeddings (not re-normalised)
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
 
 
@@ -119,7 +119,7 @@ class ExtractSummary:
 
 def build_provenance(encoder, options: ExtractOptions) -> dict:
     grid = options.grid
-    return {**encoder.provenance(), "normalise": NORMALISE, "fps": float(grid.fps), "window": int(grid.window),
+    return {**encoder.provenance(), "normalise": encoder.normalise, "fps": float(grid.fps), "window": int(grid.window),
             "stride": int(grid.stride), "frame_step": int(grid.frame_step), "dtype": options.dtype,
             "dim": int(encoder.dim), "frame_sampling": "nearest decord timestamp",
             "stovtal_version": __version__,
@@ -135,9 +135,24 @@ def check_compatible(store_path, existing: dict, wanted: dict) -> None:
                            f"{key}={wanted.get(key)!r}; use the same settings or another --store")
 
 
+def frames_per_snippet(grid) -> int:
+    return len(window_offsets(grid.window, grid.frame_step))
+
+
+def check_grid(encoder, grid) -> None:
+    """A clip encoder needs exactly its clip length of frames in every snippet window."""
+    if encoder.clip_frames and frames_per_snippet(grid) != encoder.clip_frames:
+        hint = (f"; use --frame-step {grid.window // encoder.clip_frames}"
+                if grid.window % encoder.clip_frames == 0 else "")
+        raise ExtractError(f"{encoder.model_name} embeds clips of {encoder.clip_frames} frames, but a "
+                           f"{grid.window}-frame window with frame step {grid.frame_step} samples "
+                           f"{frames_per_snippet(grid)}{hint}")
+
+
 def open_or_create_store(store_path, encoder, options: ExtractOptions):
     from features.store import create_store, open_store
 
+    check_grid(encoder, options.grid)
     wanted = build_provenance(encoder, options)
     if Path(store_path).exists():
         store = open_store(store_path, mode="a")
@@ -243,26 +258,82 @@ def _next(worker: _DecodeWorker):
                 raise RuntimeError("a decode thread ended unexpectedly") from None
 
 
-def _encode_video(first: _Start, worker: _DecodeWorker, encoder):
-    """Encode one video's chunks as they arrive; (rows, None) or (None, reason)."""
-    plan = first.plan
-    embeddings = np.empty((len(plan.source_frames), encoder.dim), dtype=np.float32)
-    filled = 0
+class _FramePooling:
+    """Per-frame encoders: each unique source frame is embedded once, in the decoder's fixed chunks; a
+    snippet's row is the mean of its frames' embeddings."""
+
+    def __init__(self, encoder, plan: SnippetPlan):
+        self.encoder, self.plan = encoder, plan
+        self.embeddings = np.empty((len(plan.source_frames), encoder.dim), dtype=np.float32)
+        self.filled = 0
+        self.frames_encoded = len(plan.source_frames)
+
+    def add(self, frames) -> None:
+        emb = self.encoder.encode_images(frames)
+        self.embeddings[self.filled:self.filled + len(emb)] = emb
+        self.filled += len(emb)
+
+    def finish(self):
+        if self.filled != len(self.embeddings):
+            return None, f"decoded {self.filled} frames but needed {len(self.embeddings)}"
+        return pool_snippets(self.embeddings, self.plan.slots), None
+
+
+class _ClipPooling:
+    """Clip encoders: each snippet's frames are embedded together as one clip. Snippets go to the encoder in
+    fixed groups (0..G-1, G..2G-1, ...) as soon as their frames are decoded, so rows never depend on how the
+    decoder chunked the video, and only the frames still needed by later snippets stay in memory."""
+
+    def __init__(self, encoder, plan: SnippetPlan, batch_size: int):
+        self.encoder, self.plan = encoder, plan
+        self.group = max(1, batch_size // encoder.clip_frames)   # --batch-size counts frames per encoder call
+        self.rows = np.empty((plan.num_snippets, encoder.dim), dtype=np.float32)
+        self.done = 0                  # snippets embedded so far
+        self.filled = 0                # source frames received so far
+        self.base = 0                  # source-frame index of self.buffer[0]
+        self.buffer = None             # uint8 [K, 3, h, w]: frames base .. filled-1
+        self.frames_encoded = plan.slots.size
+
+    def add(self, frames) -> None:
+        import torch
+
+        self.buffer = frames if self.buffer is None else torch.cat([self.buffer, frames])
+        self.filled += len(frames)
+        slots = self.plan.slots
+        while self.done < len(self.rows):
+            end = min(self.done + self.group, len(self.rows))
+            if slots[self.done:end].max() >= self.filled:
+                break                  # the group's last frames are not decoded yet
+            index = torch.from_numpy(slots[self.done:end] - self.base)
+            self.rows[self.done:end] = self.encoder.encode_clips(self.buffer[index])
+            self.done = end
+            if self.done < len(self.rows):  # frames before the next snippet's first are never needed again
+                drop = int(slots[self.done, 0]) - self.base
+                self.buffer, self.base = self.buffer[drop:], self.base + drop
+
+    def finish(self):
+        if self.filled != len(self.plan.source_frames) or self.done != len(self.rows):
+            return None, f"decoded {self.filled} frames but needed {len(self.plan.source_frames)}"
+        return self.rows, None
+
+
+def _encode_video(first: _Start, worker: _DecodeWorker, encoder, options: ExtractOptions):
+    """Encode one video's chunks as they arrive; (rows, frames encoded, None) or (None, 0, reason)."""
+    pooling = (_ClipPooling(encoder, first.plan, options.batch_size) if encoder.clip_frames
+               else _FramePooling(encoder, first.plan))
     while True:
         item = _next(worker)
         if isinstance(item, _Chunk):
-            emb = encoder.encode_images(item.frames)
-            embeddings[filled:filled + len(emb)] = emb
-            filled += len(emb)
+            pooling.add(item.frames)
         elif isinstance(item, _End):
-            if filled != len(embeddings):
-                return None, f"decoded {filled} frames but needed {len(embeddings)}"
-            return pool_snippets(embeddings, plan.slots), None
+            rows, reason = pooling.finish()
+            return rows, pooling.frames_encoded, reason
         else:
-            return None, item.reason
+            return None, 0, item.reason
 
 
-def _record(store, job: VideoJob, first, rows, reason, options: ExtractOptions, summary: ExtractSummary) -> None:
+def _record(store, job: VideoJob, first, rows, frames_encoded, reason, options: ExtractOptions,
+            summary: ExtractSummary) -> None:
     from features.store import VideoInfo
 
     if rows is None:
@@ -275,7 +346,7 @@ def _record(store, job: VideoJob, first, rows, reason, options: ExtractOptions, 
     store.write_video(job.video_id, rows, info)
     summary.extracted.append(job.video_id)
     summary.snippets += len(rows)
-    summary.frames += len(first.plan.source_frames)
+    summary.frames += frames_encoded
     log.info("extracted %s: %d snippets from %d decoded frames", job.video_id, len(rows),
              len(first.plan.source_frames))
 
@@ -307,10 +378,10 @@ def extract_videos(jobs: list[VideoJob], store_path, encoder, options: ExtractOp
                     worker = workers[k % n_workers]   # worker w owns videos w, w+W, ...: output stays in order
                     first = _next(worker)
                     if isinstance(first, _Fail):
-                        rows, reason = None, first.reason
+                        rows, frames_encoded, reason = None, 0, first.reason
                     else:
-                        rows, reason = _encode_video(first, worker, encoder)
-                    _record(store, job, first, rows, reason, options, summary)
+                        rows, frames_encoded, reason = _encode_video(first, worker, encoder, options)
+                    _record(store, job, first, rows, frames_encoded, reason, options, summary)
                     elapsed = time.perf_counter() - started
                     bar.set_postfix_str(f"{summary.snippets / max(elapsed, 1e-9):.1f} snippets/s, "
                                         f"{len(summary.failed)} failed", refresh=False)
@@ -322,22 +393,47 @@ def extract_videos(jobs: list[VideoJob], store_path, encoder, options: ExtractOp
     return summary
 
 
-def extract_vocabulary(store_path, encoder, name: str, classes: list[str], template: str | None) -> np.ndarray:
-    """Embed class names with the encoder that made the store; refuse any other encoder."""
+def prompt_ensemble(encoder, classes: list[str], templates: list[str]) -> np.ndarray:
+    """[K, D]: per class, the L2-normalised mean of its L2-normalised prompt embeddings, one prompt per
+    template (CLIP's prompt ensembling); the bare class names when there is no template."""
+    if not templates:
+        return encoder.encode_texts(list(classes))
+    emb = encoder.encode_texts([t.format(c) for t in templates for c in classes])
+    mean = emb.reshape(len(templates), len(classes), -1).mean(axis=0)
+    return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+
+
+# Encoder provenance a vocabulary repeats: where its text tower's weights came from.
+_TEXT_PROVENANCE = ("model_config_sha256", "init_seed", "quick_gelu", "weights_format", "checkpoint_file", "towers",
+                    "text_checkpoint_file", "text_checkpoint_sha256")
+
+
+def extract_vocabulary(store_path, encoder, name: str, classes: list[str], templates=None) -> np.ndarray:
+    """Embed class names (one template, a prompt ensemble, or bare names) with the encoder that made the store;
+    refuse any other encoder."""
     from features.store import open_store
 
-    texts = [template.format(c) if template else c for c in classes]
+    templates = [templates] if isinstance(templates, str) else list(templates or [])
+    if encoder.text_missing:
+        raise ExtractError(encoder.text_missing)
     with open_store(store_path, mode="a") as store:
         prov = store.provenance
         mine = encoder.provenance()
-        if differing_keys(prov, mine, ENCODER_KEYS):
+        differing = differing_keys(prov, mine, ENCODER_KEYS)
+        if differing:
+            key = differing[0]
             raise ExtractError(
-                f"{store_path}: features were made by {prov.get('encoder')}/{prov.get('pretrained')}, "
-                f"not {encoder.model_name}/{encoder.pretrained}; text embeddings must come from the same encoder")
+                f"{store_path}: features were made by {prov.get('encoder')}/{prov.get('pretrained')} "
+                f"({key}={prov.get(key)!r}), not {encoder.model_name}/{encoder.pretrained} ({key}="
+                f"{mine.get(key)!r}); text embeddings must come from the same encoder")
         if store.dim != encoder.dim:
             raise ExtractError(f"{store_path}: store dim {store.dim} != text embedding dim {encoder.dim}")
-        embeddings = encoder.encode_texts(texts)
-        store.add_vocabulary(name, classes, embeddings, template=template,
-                             provenance={"encoder": encoder.model_name, "pretrained": encoder.pretrained,
-                                         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        embeddings = prompt_ensemble(encoder, classes, templates)
+        vocab_prov = {"encoder": encoder.model_name, "pretrained": encoder.pretrained,
+                      **{k: mine[k] for k in _TEXT_PROVENANCE if k in mine}, "templates": templates,
+                      "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        if len(templates) > 1:
+            vocab_prov["ensemble"] = "mean of L2-normalised prompt embeddings, L2-normalised"
+        store.add_vocabulary(name, classes, embeddings, template=templates[0] if len(templates) == 1 else None,
+                             provenance=vocab_prov)
     return embeddings

@@ -56,7 +56,9 @@ def info(store, as_json):
         click.echo(f"  {k}: {v}")
     click.echo(f"vocabularies: {len(d['vocabularies'])}")
     for name, v in d["vocabularies"].items():
-        click.echo(f"  {name}: {v['classes']} classes, template {v['template']!r}")
+        templates = v["provenance"].get("templates") or []
+        prompts = f"{len(templates)} templates (ensemble)" if len(templates) > 1 else f"template {v['template']!r}"
+        click.echo(f"  {name}: {v['classes']} classes, {prompts}")
     click.echo(f"failures:   {len(d['failures'])}")
     for vid, reason in d["failures"].items():
         click.echo(f"  {vid}: {reason}")

@@ -22,7 +22,7 @@ def store_encoder_options(store_path, provenance: dict, model=None, pretrained=N
         raise EncoderError(f"{store_path}: its features were not made by an open_clip encoder stovtal can rebuild "
                            f"({made_by}); add class-name embeddings with tal-store add-vocab instead")
     model = model or prov.get("encoder")
-    if pretrained is None:
+    if pretrained is None and checkpoint is None:   # beside a checkpoint, load_encoder picks the file's own defaults
         pretrained = "none" if stored == "random" else stored
     if stored.startswith("sha256:") and checkpoint is None:
         raise EncoderError(f"{store_path}: features were made from a checkpoint ({stored[:19]}...); "

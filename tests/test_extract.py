@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from features.encoders import EncoderError, load_encoder
 from features.extract import (ExtractError, ExtractOptions, collect_videos, extract_videos, extract_vocabulary,
                               shard_store_path)
 from features.shards import ShardError, parse_shard, shard_from_env, shard_slice
+from tal.infer import store_vocabulary
 from features.store import Grid, open_store
 from features.store.ops import validate
 from conftest import videos_named
@@ -51,8 +53,8 @@ def videos(real_videos, tmp_path_factory):
     return folder
 
 
-def _expected_rows(path, grid, encoder):
-    """Independent reference: for each snippet, look up its frames by decord timestamp and average them."""
+def reference_snippet_frames(path, grid):
+    """Independent of features.decode: (decord reader, each snippet's source frames looked up by timestamp)."""
     import decord
 
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
@@ -62,6 +64,12 @@ def _expected_rows(path, grid, encoder):
     for i in range((n_target - grid.window) // grid.stride + 1):
         targets = np.arange(i * grid.stride, i * grid.stride + grid.window, grid.frame_step)
         snippets.append([int(np.argmin(np.abs(stamps[:, 0] - t / grid.fps))) for t in targets])
+    return vr, snippets
+
+
+def _expected_rows(path, grid, encoder):
+    """Independent reference: for each snippet, look up its frames by decord timestamp and average them."""
+    vr, snippets = reference_snippet_frames(path, grid)
     needed = sorted({k for frames in snippets for k in frames})
     pixels = dict(zip(needed, vr.get_batch(needed).asnumpy()))   # one decode pass, as decord gives it
     emb = {k: encoder.encode_images(encoder.preprocess(pixels[k][None]))[0] for k in needed}
@@ -151,6 +159,30 @@ def test_vocabulary_uses_the_store_encoder(videos, encoder, tmp_path):
         extract_vocabulary(store_path, other, "demo2", classes, template)
 
 
+def test_prompt_ensemble_is_the_normalised_mean_of_normalised_prompts(videos, encoder, tmp_path):
+    store_path = tmp_path / "s.zarr"
+    extract_videos(collect_videos([videos / "carphone_distorted.mp4"]), store_path, encoder,
+                   ExtractOptions(grid=GRID), progress=False)
+    classes = ["High Jump", "Tennis Swing", "Biking"]
+    templates = ["a video of a person {}.", "a photo of {}.", "{}, an action."]
+    extract_vocabulary(store_path, encoder, "ensemble", classes, templates)
+    by_hand = []
+    for c in classes:
+        prompts = [encoder.encode_texts([t.format(c)])[0] for t in templates]   # each L2-normalised
+        mean = np.mean(prompts, axis=0)
+        by_hand.append(mean / np.linalg.norm(mean))
+    with open_store(store_path) as store:
+        vocab = store.vocabulary("ensemble")
+    np.testing.assert_allclose(vocab.embeddings, np.stack(by_hand), atol=1e-6)
+    single = encoder.encode_texts([templates[0].format(c) for c in classes])
+    assert not np.allclose(vocab.embeddings, single, atol=1e-3)   # the ensemble is not just its first prompt
+    assert vocab.template is None and vocab.provenance["templates"] == templates
+    assert vocab.provenance["ensemble"].startswith("mean of L2-normalised")
+    # tal-infer reads it as any other vocabulary.
+    text = store_vocabulary(store_path, "ensemble")
+    assert text.classes == classes and np.array_equal(text.embeddings, vocab.embeddings)
+
+
 def test_random_weights_are_reproducible_and_checkpoints_are_hashed(encoder, tiny_config, tmp_path):
     import open_clip
 
@@ -163,6 +195,14 @@ def test_random_weights_are_reproducible_and_checkpoints_are_hashed(encoder, tin
     assert from_file.provenance()["checkpoint_file"] == "weights.pt"
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     assert np.array_equal(from_file.encode_images(images), encoder.encode_images(images))
+    # A TorchScript archive, as OpenAI ships CLIP (ViT-B-16.pt), reads the same.
+    with warnings.catch_warnings():   # torch calls torch.jit deprecated; OpenAI's files are TorchScript still
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(model.eval()).save(str(tmp_path / "weights.jit.pt"))
+    scripted = load_encoder(str(tiny_config), "none", checkpoint=tmp_path / "weights.jit.pt", device="cpu")
+    assert np.array_equal(scripted.encode_images(images), encoder.encode_images(images))
+    with pytest.raises(EncoderError, match="--text-checkpoint.*not needed"):   # the file's text tower is whole
+        load_encoder(str(tiny_config), "none", checkpoint=ckpt, text_checkpoint=ckpt, device="cpu")
     assert np.array_equal(load_encoder(str(tiny_config), "none").encode_images(images), encoder.encode_images(images))
     assert not np.array_equal(load_encoder(str(tiny_config), "none", seed=1).encode_images(images),
                               encoder.encode_images(images))

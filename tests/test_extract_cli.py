@@ -66,19 +66,16 @@ def _count(store_path) -> int:
         return 0
 
 
-def test_sigkill_then_resume_is_bit_identical(setup):
-    store = setup["root"] / "killed.zarr"
-    cmd = [str(BIN / "tal-extract"), *cli_args(setup, store)]
-    total = len(list(setup["videos"].iterdir()))
-    if total < 6:  # two kills must land between videos: too few (short) videos finish first
-        pytest.skip(f"only {total} real videos (../shared/data absent?)")
+def kill_then_finish(cmd, store, total, kills=2, pause=0.3):
+    """Run ``cmd`` and SIGKILL it ``kills`` times, each time once one more video is in the store plus a random
+    moment (anywhere in the next video: decode, encode or write); then let a last run finish the job."""
     seen = 0
-    for kill in range(2):
+    for _ in range(kills):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while _count(store) <= seen and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(random.uniform(0.0, 0.3))  # land anywhere in the next video: decode, encode or write
+            time.sleep(0.02)
+        time.sleep(random.uniform(0.0, pause))
         assert proc.poll() is None, "the run finished before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -86,7 +83,16 @@ def test_sigkill_then_resume_is_bit_identical(setup):
         assert 0 < seen < total
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "skipped" in done.stdout and f"skipped {seen} already done" in done.stdout
+    assert f"skipped {seen} already done" in done.stdout
+
+
+def test_sigkill_then_resume_is_bit_identical(setup):
+    store = setup["root"] / "killed.zarr"
+    cmd = [str(BIN / "tal-extract"), *cli_args(setup, store)]
+    total = len(list(setup["videos"].iterdir()))
+    if total < 6:  # two kills must land between videos: too few (short) videos finish first
+        pytest.skip(f"only {total} real videos (../shared/data absent?)")
+    kill_then_finish(cmd, store, total)
     assert_same_as_reference(setup, store)
 
 
@@ -170,10 +176,37 @@ def test_cli_text_vocabulary_and_refusals(setup, tmp_path):
     assert bad_template.exit_code == 2 and "--template" in bad_template.output
 
 
+def test_cli_prompt_ensemble_from_flags_and_file(setup, tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("High Jump\nBiking\n")
+    templates = tmp_path / "templates.txt"
+    templates.write_text("# CLIP-style prompts\na photo of a person {}.\n{} in a video.\n")
+    store = setup["root"] / "reference.zarr"
+    res = CliRunner().invoke(main, ["text", "--store", str(store), "--classes", str(classes), "--name", "ens",
+                                    "--template", "a video of a person {}.", "--templates", str(templates),
+                                    "--model", str(setup["config"])])
+    assert res.exit_code == 0, res.output
+    assert "3 templates" in res.output
+    expected = ["a video of a person {}.", "a photo of a person {}.", "{} in a video."]
+    encoder = load_encoder(str(setup["config"]), "none", device="cpu")
+    emb = encoder.encode_texts([t.format(c) for t in expected for c in ("High Jump", "Biking")]).reshape(3, 2, -1)
+    mean = emb.mean(axis=0)
+    with open_store(store) as s:
+        vocab = s.vocabulary("ens")
+    assert vocab.provenance["templates"] == expected
+    np.testing.assert_allclose(vocab.embeddings, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-6)
+    twice = CliRunner().invoke(main, ["text", "--store", str(store), "--classes", str(classes), "--name", "x",
+                                      "--template", "{} in a video.", "--templates", str(templates)])
+    assert twice.exit_code == 2 and "twice" in twice.output
+
+
 def test_unavailable_weights_stop_with_a_clear_error(setup, tmp_path, monkeypatch):
     import huggingface_hub.constants as hf_constants
 
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)   # no network here anyway; fail fast
+    # A weights tag that cannot be had on any machine: offline, over an empty download cache (weights cached
+    # elsewhere on this machine stay out of sight).
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     with pytest.raises(EncoderError, match="--checkpoint"):
         load_encoder("ViT-B-32", "openai", device="cpu")
     store = tmp_path / "never.zarr"
@@ -182,6 +215,12 @@ def test_unavailable_weights_stop_with_a_clear_error(setup, tmp_path, monkeypatc
     assert result.exit_code == 1 and "Traceback" not in result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("Error: cannot get pretrained weights ViT-B-32/openai") and "--checkpoint FILE" in last
+    # A tag that exists nowhere: the same kind of one-line refusal, and no store either.
+    result = CliRunner().invoke(main, ["videos", str(setup["videos"]), "--store", str(store),
+                                       "--model", "ViT-B-32", "--pretrained", "no-such-weights"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: unknown pretrained tag 'no-such-weights' for ViT-B-32") and "--checkpoint" in last
     assert not store.exists()
 
 
