@@ -19,6 +19,7 @@ from tal.model.config import ModelConfig
 PRESETS = ("small", "thumos", "anet")
 MODES = ("closed", "agnostic")
 PSEUDO_WEIGHTS = ("score", "1")
+BATCHING = ("length", "max")
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,10 @@ class DataConfig:
     pseudo_ratio: float | None = None  # fraction of pseudo-labelled clips per epoch; None = natural proportion
     pseudo_weight: str = "score"  # per-segment weight of pseudo-labels in the loss: their score or 1
     epoch_clips: int | None = None  # clips per epoch (drawn at pseudo_ratio or the natural one); None = every clip
+    # length: batches of clips of similar length, each padded to its longest clip (rounded up to the largest
+    # pyramid stride); max: every batch padded to max_seq_len (ActionFormer). The model sees the same either way.
+    batching: str = "length"
+    length_window: int = 32  # batching=length: batches whose clips are sorted by length together
 
     def validate(self):
         if self.mode not in MODES:
@@ -58,6 +63,10 @@ class DataConfig:
             raise ConfigError(f"data.pseudo_weight must be 'score' or 1, got {self.pseudo_weight!r}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.batching not in BATCHING:
+            raise ConfigError(f"data.batching must be one of {BATCHING}, got {self.batching!r}")
+        if self.length_window < 1:
+            raise ConfigError(f"data.length_window must be >= 1, got {self.length_window}")
 
 
 @dataclass

@@ -218,6 +218,14 @@ class FeatureDataset(Dataset):
     def __len__(self):
         return len(self.records)
 
+    def clip_lengths(self) -> list[int]:
+        """Each item's rows at most, known without reading: the resize length, or (training) the video's rows
+        capped at max_seq_len — random crops only shorten. Length-aware batching sorts by these."""
+        if self.resize_len:
+            return [int(self.resize_len)] * len(self.records)
+        cap = self.max_seq_len if self.training else None
+        return [min(r.num_rows, cap) if cap else r.num_rows for r in self.records]
+
     def read_rows(self, rec: VideoRecord) -> np.ndarray:
         rows = self.stores[rec.store].read(rec.video_id)
         if rows.ndim != 2 or rows.shape[0] < 1:
