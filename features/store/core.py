@@ -134,8 +134,31 @@ class FeatureStore:
         start = int(row[C["offset"]])
         return start, start + int(row[C["length"]])
 
-    def read(self, vid) -> np.ndarray:
-        return self._b.read_rows(*self.row_span(vid))
+    def read(self, vid, out: np.ndarray | None = None) -> np.ndarray:
+        """A video's rows [T, D] in the store's dtype, or written into ``out`` (any float dtype, converted while
+        copied: e.g. float32 rows for a model without a second copy)."""
+        start, stop = self.row_span(vid)
+        if out is None:
+            return self._b.read_rows(start, stop)
+        self._b.read_rows_into(start, stop, self._check_out(out, stop - start, f"video {vid!r}"))
+        return out
+
+    def read_all(self, out: np.ndarray | None = None) -> np.ndarray:
+        """Every committed row in store order as one [num_rows, D] array (video ``v`` is
+        ``rows[slice(*row_span(v))]``), read block by block into ``out`` when given: a preallocated buffer of
+        any float dtype, filled without per-video copies (a full scan's fastest path)."""
+        n = self.num_rows
+        out = np.empty((n, self.dim), self.dtype) if out is None else self._check_out(out, n, "all rows")
+        block = max(1, SCAN_BLOCK_BYTES // (self.dim * self.dtype.itemsize))
+        for a in range(0, n, block):
+            self._b.read_rows_into(a, min(n, a + block), out[a:a + block])
+        return out
+
+    def _check_out(self, out, rows: int, what: str) -> np.ndarray:
+        if not isinstance(out, np.ndarray) or out.shape != (rows, self.dim) or out.dtype.kind != "f":
+            got = f"{out.dtype} {list(out.shape)}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise StoreError(f"{self.path}: {what}: out must be a float array of shape [{rows}, {self.dim}], got {got}")
+        return out
 
     def info(self, vid) -> VideoInfo:
         return info_from_row(self._row(vid))

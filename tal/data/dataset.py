@@ -227,10 +227,10 @@ class FeatureDataset(Dataset):
         return [min(r.num_rows, cap) if cap else r.num_rows for r in self.records]
 
     def read_rows(self, rec: VideoRecord) -> np.ndarray:
-        rows = self.stores[rec.store].read(rec.video_id)
-        if rows.ndim != 2 or rows.shape[0] < 1:
+        if rec.num_rows < 1:
             raise DatasetError(f"{self.stores.paths[rec.store]}: video {rec.video_id} has no feature rows")
-        return np.asarray(rows, dtype=np.float32)
+        store = self.stores[rec.store]
+        return store.read(rec.video_id, out=np.empty((rec.num_rows, store.dim), np.float32))  # converted as read
 
     def __getitem__(self, i):
         rec = self.records[i]
