@@ -20,6 +20,7 @@ PRESETS = ("small", "thumos", "anet")
 MODES = ("closed", "agnostic")
 PSEUDO_WEIGHTS = ("score", "1")
 BATCHING = ("length", "max")
+AMP_DTYPES = ("float16", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -81,6 +82,7 @@ class TrainConfig:
     clip_grad: float = 1.0  # max L2 norm of the gradients; <= 0 disables clipping
     seed: int = 0
     amp: bool = True  # mixed precision, used on CUDA only
+    amp_dtype: str = "float16"  # float16 (with loss scaling) or bfloat16 (same range as float32: no scaling)
     eval_every: int = 0  # evaluate on data.eval_subset every N epochs (0 = never)
     eval_subset: str | None = None  # e.g. "validation"
     eval_tiou: list = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
@@ -98,6 +100,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ConfigError(f"train.amp_dtype must be one of {AMP_DTYPES}, got {self.amp_dtype!r}")
 
     @property
     def total_epochs(self) -> int:

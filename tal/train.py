@@ -279,6 +279,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     use_amp: bool
+    amp_dtype: torch.dtype
     start_epoch: int = 0
     step: int = 0
     history: list = field(default_factory=list)
@@ -296,7 +297,7 @@ def _train(cfg, inputs, run_dir, dist, resume, init_from, init_ema_from, progres
     for epoch in range(run.start_epoch, cfg.train.total_epochs):
         seed_everything(seed + 100_003 * (epoch + 1) + dist.rank)  # same crops/dropout whether resumed or not
         batches.set_epoch(epoch)
-        loader = DataLoader(run.dataset, batch_sampler=batches, collate_fn=_collate(cfg),
+        loader = DataLoader(run.dataset, batch_sampler=batches, collate_fn=training_collate(cfg),
                             num_workers=cfg.data.num_workers, pin_memory=dist.device.type == "cuda",
                             generator=torch.Generator().manual_seed(seed + epoch * 7919 + dist.rank))
         t0 = time.time()
@@ -353,10 +354,12 @@ def _set_up(cfg, inputs, run_dir, dist, resume, init_from, init_ema_from) -> _Ru
     if ema_initialised:  # a warm-up would overwrite the stage-1 weights the EMA starts from
         log.info("EMA starts from stage-1 weights: EMA warm-up off, decay %.4f", cfg.train.ema_decay)
     use_amp = cfg.train.amp and dist.device.type == "cuda"
+    amp_dtype = getattr(torch, cfg.train.amp_dtype)
     run = _Run(cfg, inputs, run_dir, dist, dataset, classes, provenance, model, model, ema,
                ema_warmup=cfg.train.ema_warmup and not ema_initialised, ema_initialised=ema_initialised,
                optimizer=torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr),
-               scaler=torch.amp.GradScaler("cuda", enabled=use_amp), use_amp=use_amp)
+               scaler=torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16),
+               use_amp=use_amp, amp_dtype=amp_dtype)
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -381,7 +384,7 @@ def epoch_batches(cfg: RunConfig, dataset: FeatureDataset, dist: Distributed):
                             window_batches=cfg.data.length_window)
 
 
-def _collate(cfg: RunConfig) -> PadCollate:
+def training_collate(cfg: RunConfig) -> PadCollate:
     """Pad to the batch's longest clip (length-aware) or to max_seq_len, always to a multiple of the top stride."""
     return PadCollate(cfg.model.max_stride, min_len=cfg.max_seq_len if cfg.data.batching == "max" else 0)
 
@@ -391,7 +394,7 @@ def _save(run: _Run, epoch: int, scheduler: dict) -> None:
         "config": run.cfg.to_dict(), "mode": run.cfg.data.mode, "classes": run.classes,
         "provenance": run.provenance, "model": run.model.state_dict(), "ema": run.ema.state_dict(),
         "optimizer": run.optimizer.state_dict(), "scheduler": scheduler,
-        "scaler": run.scaler.state_dict() if run.use_amp else {}, "epoch": epoch, "rng": rng_state(),
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {}, "epoch": epoch, "rng": rng_state(),
         "history": run.history, "inputs": run.inputs.to_dict(), "stovtal_version": __version__,
         "ema_initialised": run.ema_initialised,
     })
@@ -409,14 +412,15 @@ def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
     return min(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
 
 
-def train_step(net, model, ema, optimizer, scaler, batch, device, clip_grad: float, use_amp: bool) -> list[float]:
+def train_step(net, model, ema, optimizer, scaler, batch, device, clip_grad: float, use_amp: bool,
+               amp_dtype: torch.dtype = torch.float16) -> list[float]:
     """One optimisation step on a collated batch; returns [cls_loss, reg_loss, final_loss]."""
     feats = batch["feats"].to(device, non_blocking=True)
     masks = batch["masks"].to(device, non_blocking=True)
     segs = [s.to(device) for s in batch["segments"]]
     labels = [lb.to(device) for lb in batch["labels"]]
     weights = [w.to(device) for w in batch["weights"]]
-    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
         out = net(feats, masks)
         losses = model.losses(out, segs, labels, weights)
     loss = losses["final_loss"]
@@ -444,7 +448,7 @@ def _run_epoch(run: _Run, loader, epoch, warmup_steps, total_steps, progress):
             group["lr"] = lr
         run.ema.decay = ema_decay_at(run.step + i, cfg.train.ema_decay, run.ema_warmup)
         values = train_step(run.net, run.model, run.ema, run.optimizer, run.scaler, batch, dist.device,
-                            cfg.train.clip_grad, run.use_amp)
+                            cfg.train.clip_grad, run.use_amp, run.amp_dtype)
         if not all(math.isfinite(v) for v in values):
             raise TrainError(f"non-finite loss at epoch {epoch + 1}, iteration {i + 1}: {values}; lower --lr")
         sums = [s + v for s, v in zip(sums, values)]
