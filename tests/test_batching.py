@@ -206,7 +206,7 @@ def test_batching_config_keys():
 def test_training_loader_pads_each_batch_to_its_longest_clip(tmp_path):
     from torch.utils.data import DataLoader
 
-    from tal.train import Distributed, TrainInputs, _collate, build_training_set, epoch_batches
+    from tal.train import Distributed, TrainInputs, build_training_set, epoch_batches, training_collate
     from test_train_support import make_benchmark
 
     store, ann, _ = make_benchmark(tmp_path, n_videos=12, dim=16, rows=(20, 70))
@@ -217,7 +217,7 @@ def test_training_loader_pads_each_batch_to_its_longest_clip(tmp_path):
         batches = epoch_batches(cfg, dataset, Distributed())
         batches.set_epoch(0)
         seen, widths = [], []
-        for batch in DataLoader(dataset, batch_sampler=batches, collate_fn=_collate(cfg)):
+        for batch in DataLoader(dataset, batch_sampler=batches, collate_fn=training_collate(cfg)):
             longest = int(batch["lengths"].max())
             assert batch["feats"].shape[2] == (-(-longest // 32) * 32 if batching == "length" else 128)
             seen += batch["video_id"]
