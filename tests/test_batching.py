@@ -137,7 +137,7 @@ def test_length_batches_cover_the_epoch_with_little_padding():
     assert sorted(flat) == list(range(n))  # every clip once, as a plain shuffle
     assert len(batches) == 207 and all(len(b) == bs for b in batches[:-1] if len(b) != 1)
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-    assert padded < 1.02 * sum(lengths)  # almost no padding (padding to 2,304 rows: 2.2x the rows)
+    assert padded < 1.05 * sum(lengths)  # little padding (padding to 2,304 rows: 2.2x the rows)
     # ActionFormer's batching over the same epoch: the same clips
     [plain] = _epoch([False] * n, lengths, bs, 1, 0, ratio=None, epoch_clips=None, by_length=False)
     assert sorted(i for b in plain for i in b) == list(range(n))
@@ -184,7 +184,7 @@ def test_length_batches_split_disjointly_and_evenly_over_ranks():
         return np.mean([np.ptp([max(lengths[i] for i in r[step]) for r in ranks]) for step in range(len(ranks[0]))])
 
     plain = _epoch([False] * n, lengths, bs, world, 2, ratio=None, epoch_clips=None, by_length=False)
-    assert spread(ranks) < 0.1 * spread(plain)  # ranks pad to about the same length at the same step
+    assert spread(ranks) < 0.2 * spread(plain)  # ranks pad to about the same length at the same step
     # one process per rank draws the same epoch on its own: nothing is shared but the seed
     alone = LengthBatchSampler(MixingSampler([False] * n, 0.0, seed=3), lengths, bs, num_replicas=world, rank=1,
                                seed=3)
@@ -240,3 +240,10 @@ def test_runs_started_before_length_batching_resume_with_their_batches(tmp_path)
     new = load_config("small").to_dict()
     save_checkpoint(tmp_path / CHECKPOINT_NAME, {"config": new, **fields})
     assert _start_state(tmp_path, True, load_config("small", ["data.batching=max"]))[0].data.batching == "length"
+
+
+def test_batch_mates_change_even_when_one_window_holds_the_epoch():
+    lengths = _lengths(120, seed=4)  # 120 clips, batch 8, window 32 batches: the whole epoch is one window
+    mates = [{frozenset(b) for b in _epoch([False] * 120, lengths, 8, 1, e, ratio=None, epoch_clips=None)[0]}
+             for e in range(3)]
+    assert len(mates[0] & mates[1]) <= 3 and len(mates[1] & mates[2]) <= 3  # of 15 batches

@@ -69,12 +69,16 @@ def epoch_sampler(pseudo_flags, ratio: float | None, *, seed: int, num_replicas:
     return MixingSampler(pseudo_flags, ratio, seed=seed, num_replicas=num_replicas, rank=rank, size=epoch_clips)
 
 
+LENGTH_JITTER = 0.1
+
+
 class LengthBatchSampler(Sampler):
     """Batches of clips of similar length, so that padding each batch to its longest clip wastes little.
 
     Every epoch takes the whole epoch's order from ``order`` (a sampler for a single replica: a shuffle of the
     dataset, or a MixingSampler's pseudo/human mix), cuts it into windows of ``window_batches`` steps, sorts
-    each window by clip length (stably: equal lengths keep their random order), cuts it into steps of
+    each window by clip length (jittered by up to ±10 %, so that batch mates change every epoch even when a
+    window holds the whole epoch; stably: equal keys keep their random order), cuts it into steps of
     ``batch_size * num_replicas`` clips and shuffles the steps. Within a step the clips are dealt to the ranks
     in turn, so all ranks pad to about the same length at the same step (DDP waits for the slowest one).
 
@@ -108,13 +112,16 @@ class LengthBatchSampler(Sampler):
         order = list(self.order)
         total = self._per_rank() * self.num_replicas
         order = list(itertools.islice(itertools.cycle(order), total)) if order else []
+        rng = np.random.default_rng((self.seed, self.epoch))
+        # sort keys jittered by up to ±LENGTH_JITTER (log scale): clips of nearly the same length trade places,
+        # so batch mates change from epoch to epoch even when one window holds the whole epoch
+        keys = self.lengths[order] * np.exp(rng.uniform(-LENGTH_JITTER, LENGTH_JITTER, len(order))) if order else []
         step = self.batch_size * self.num_replicas
         window = step * self.window_batches
         steps = []
         for a in range(0, total, window):
-            chunk = sorted(order[a:a + window], key=self.lengths.__getitem__)
+            chunk = [order[k] for k in sorted(range(a, min(a + window, total)), key=keys.__getitem__)]
             steps += [chunk[b:b + step] for b in range(0, len(chunk), step)]
-        rng = np.random.default_rng((self.seed, self.epoch))
         return [steps[i] for i in rng.permutation(len(steps))]
 
     def __iter__(self):
