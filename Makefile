@@ -9,7 +9,7 @@ ARGS    ?=
 OUT     ?= demo_out
 SEED    ?= 0
 
-.PHONY: install test extract bench demo study selftrain clean
+.PHONY: install test extract bench bench-gpu demo study selftrain clean
 
 install: $(VENV)
 
@@ -34,6 +34,11 @@ bench: $(VENV)
 	$(PY) tools/bench_eval.py
 	$(PY) tools/bench_train.py
 	$(PY) tools/bench_pseudo.py
+	$(PY) tools/bench_batching.py --map   # length-aware batches: epoch time and mAP (~1 hour)
+	$(PY) tools/bench_stage2.py           # simulates 10,000 web videos once (~30 min)
+
+bench-gpu: $(VENV)
+	$(PY) tools/bench_gpu.py --out bench_gpu.json   # needs CUDA; see tools/bench_gpu_bundle.sh for a bare GPU machine
 
 demo: $(VENV)
 	$(PY) -m tal.demo --out $(OUT) --seed $(SEED)

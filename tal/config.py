@@ -22,6 +22,8 @@ from tal.model.config import ModelConfig
 PRESETS = ("small", "thumos", "anet")
 MODES = ("closed", "agnostic")
 PSEUDO_WEIGHTS = ("score", "1")
+BATCHING = ("length", "max")
+AMP_DTYPES = ("float16", "bfloat16")
 
 
 class ConfigError(StovtalError, ValueError):
@@ -40,6 +42,10 @@ class DataConfig:
     pseudo_ratio: float | None = None  # fraction of pseudo-labelled clips per epoch; None = natural proportion
     pseudo_weight: str = "score"  # per-segment weight of pseudo-labels in the loss: their score or 1
     epoch_clips: int | None = None  # clips per epoch (drawn at pseudo_ratio or the natural one); None = every clip
+    # length: batches of clips of similar length, each padded to its longest clip (rounded up to the largest
+    # pyramid stride); max: every batch padded to max_seq_len (ActionFormer). The model sees the same either way.
+    batching: str = "length"
+    length_window: int = 32  # batching=length: batches whose clips are sorted by length together
 
     def validate(self):
         if self.mode not in MODES:
@@ -61,6 +67,10 @@ class DataConfig:
             raise ConfigError(f"data.pseudo_weight must be 'score' or 1, got {self.pseudo_weight!r}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.batching not in BATCHING:
+            raise ConfigError(f"data.batching must be one of {BATCHING}, got {self.batching!r}")
+        if self.length_window < 1:
+            raise ConfigError(f"data.length_window must be >= 1, got {self.length_window}")
 
 
 @dataclass
@@ -75,6 +85,7 @@ class TrainConfig:
     clip_grad: float = 1.0  # max L2 norm of the gradients; <= 0 disables clipping
     seed: int = 0
     amp: bool = True  # mixed precision, used on CUDA only
+    amp_dtype: str = "float16"  # float16 (with loss scaling) or bfloat16 (same range as float32: no scaling)
     eval_every: int = 0  # evaluate on data.eval_subset every N epochs (0 = never)
     eval_subset: str | None = None  # e.g. "validation"
     eval_tiou: list = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
@@ -92,6 +103,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ConfigError(f"train.amp_dtype must be one of {AMP_DTYPES}, got {self.amp_dtype!r}")
 
     @property
     def total_epochs(self) -> int:

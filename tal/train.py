@@ -36,7 +36,7 @@ from tal.config import RunConfig, save_config
 from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation, load_annotations
 from tal.data.collate import PadCollate
 from tal.data.dataset import FeatureDataset, StoreSet, build_records
-from tal.data.sampling import epoch_sampler
+from tal.data.sampling import training_batches
 from tal.model import build_model
 from tal.model.ema import ModelEMA
 from tal.model.optim import param_groups
@@ -227,8 +227,10 @@ def _start_state(run_dir: Path, resume: bool, cfg: RunConfig):
             log.info("%s: no checkpoint to resume from; starting a new run", run_dir)
             return cfg, None
         state = load_checkpoint(ckpt_path)
-        saved = RunConfig.from_dict(state["config"], source=str(ckpt_path))
-        return saved, state
+        saved = dict(state["config"])
+        if "batching" not in (saved.get("data") or {}):  # started before length-aware batching: keep its batches
+            saved["data"] = {**(saved.get("data") or {}), "batching": "max"}
+        return RunConfig.from_dict(saved, source=str(ckpt_path)), state
     if ckpt_path.exists():
         raise TrainError(f"{run_dir} already holds a checkpoint: pass --resume to continue it, or choose another --out")
     return cfg, None
@@ -259,12 +261,72 @@ def train(cfg: RunConfig, inputs: TrainInputs, out, *, resume: bool = False, ini
         dist.close()
 
 
+@dataclass
+class _Run:
+    """What one training run carries from epoch to epoch (and saves in its checkpoint)."""
+
+    cfg: RunConfig
+    inputs: TrainInputs
+    run_dir: Path
+    dist: Distributed
+    dataset: FeatureDataset
+    classes: list
+    provenance: dict
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model, wrapped in DDP when distributed
+    ema: ModelEMA
+    ema_warmup: bool
+    ema_initialised: bool  # the EMA started from stage-1 weights (--init-ema-from)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    amp_dtype: torch.dtype
+    start_epoch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
+
+
 def _train(cfg, inputs, run_dir, dist, resume, init_from, init_ema_from, progress):
+    run = _set_up(cfg, inputs, run_dir, dist, resume, init_from, init_ema_from)
+    cfg, seed = run.cfg, run.cfg.train.seed
+    batches = epoch_batches(cfg, run.dataset, dist)
+    steps_per_epoch = len(batches)
+    total_steps = cfg.train.total_epochs * steps_per_epoch
+    warmup_steps = cfg.train.warmup_epochs * steps_per_epoch
+    eval_gt = evaluation_set(cfg, inputs, run.classes) if dist.is_main else None
+    tb = TensorBoard(run_dir) if dist.is_main else None
+    for epoch in range(run.start_epoch, cfg.train.total_epochs):
+        seed_everything(seed + 100_003 * (epoch + 1) + dist.rank)  # same crops/dropout whether resumed or not
+        batches.set_epoch(epoch)
+        loader = DataLoader(run.dataset, batch_sampler=batches, collate_fn=training_collate(cfg),
+                            num_workers=cfg.data.num_workers, pin_memory=dist.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(seed + epoch * 7919 + dist.rank))
+        t0 = time.time()
+        sums, count = _run_epoch(run, loader, epoch, warmup_steps, total_steps, progress)
+        run.step += steps_per_epoch
+        means = dist.mean([s / max(count, 1) for s in sums])
+        row = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"], "cls_loss": means[0],
+               "reg_loss": means[1], "final_loss": means[2], "seconds": round(time.time() - t0, 2)}
+        if dist.is_main:
+            if eval_gt is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.total_epochs):
+                row["eval_average_mAP"] = _evaluate(run.ema.module, cfg, run.classes, run.provenance, inputs,
+                                                    eval_gt, dist)
+            run.history.append(row)
+            _save(run, epoch + 1, {"step": run.step, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps})
+            write_run_record(run.history, run_dir, tb)
+            _log_epoch(cfg, row)
+        dist.barrier()
+    if tb is not None:
+        tb.close()
+    return run_dir / CHECKPOINT_NAME
+
+
+def _set_up(cfg, inputs, run_dir, dist, resume, init_from, init_ema_from) -> _Run:
+    """Config (the checkpoint's when resuming), data, model, EMA and optimiser, restored from ``last.pt``."""
     if not dist.is_main:
         logging.getLogger("tal").setLevel(logging.WARNING)  # one voice per run
     cfg, state = _start_state(run_dir, resume, cfg)
-    seed = cfg.train.seed
-    seed_everything(seed)
+    seed_everything(cfg.train.seed)
     dataset, classes, provenance = build_training_set(cfg, inputs)
     if state is not None:
         store = StoreSet(inputs.features)
@@ -287,74 +349,62 @@ def _train(cfg, inputs, run_dir, dist, resume, init_from, init_ema_from, progres
     if init_from and state is None:
         _load_weights(model, init_from, ("ema", "model"), provenance, "--init-from")
     ema = ModelEMA(model, cfg.train.ema_decay)
-    ema_warmup = cfg.train.ema_warmup
     if init_ema_from and state is None:
         _load_weights(ema.module, init_ema_from, ("ema", "model"), provenance, "--init-ema-from")
-    if init_ema_from or (state is not None and state.get("ema_initialised")):
-        ema_warmup = False  # a warm-up would overwrite the stage-1 weights the EMA starts from
+    ema_initialised = bool(init_ema_from or (state or {}).get("ema_initialised"))
+    if ema_initialised:  # a warm-up would overwrite the stage-1 weights the EMA starts from
         log.info("EMA starts from stage-1 weights: EMA warm-up off, decay %.4f", cfg.train.ema_decay)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     use_amp = cfg.train.amp and dist.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    start_epoch, step, history = 0, 0, []
+    amp_dtype = getattr(torch, cfg.train.amp_dtype)
+    run = _Run(cfg, inputs, run_dir, dist, dataset, classes, provenance, model, model, ema,
+               ema_warmup=cfg.train.ema_warmup and not ema_initialised, ema_initialised=ema_initialised,
+               optimizer=torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr),
+               scaler=torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16),
+               use_amp=use_amp, amp_dtype=amp_dtype)
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
+        run.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+            run.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
-        start_epoch, step, history = int(state["epoch"]), int(state["scheduler"]["step"]), list(state["history"])
-        log.info("resuming %s after epoch %d", run_dir, start_epoch)
-    net = model
+        run.start_epoch, run.step = int(state["epoch"]), int(state["scheduler"]["step"])
+        run.history = list(state["history"])
+        log.info("resuming %s after epoch %d", run_dir, run.start_epoch)
     if dist.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
+        run.net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    return run
 
-    sampler = epoch_sampler([r.pseudo for r in dataset.records], cfg.data.pseudo_ratio, seed=seed,
-                            num_replicas=dist.world, rank=dist.rank, epoch_clips=cfg.data.epoch_clips)
-    collate = PadCollate(cfg.model.max_stride, min_len=cfg.max_seq_len)
-    steps_per_epoch = math.ceil(len(sampler) / cfg.train.batch_size)
-    total_steps = cfg.train.total_epochs * steps_per_epoch
-    warmup_steps = cfg.train.warmup_epochs * steps_per_epoch
-    eval_gt = evaluation_set(cfg, inputs, classes) if dist.is_main else None
-    tb = TensorBoard(run_dir) if dist.is_main else None
-    ckpt_path = run_dir / CHECKPOINT_NAME
 
-    for epoch in range(start_epoch, cfg.train.total_epochs):
-        seed_everything(seed + 100_003 * (epoch + 1) + dist.rank)  # same crops/dropout whether resumed or not
-        sampler.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collate,
-                            num_workers=cfg.data.num_workers, pin_memory=dist.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(seed + epoch * 7919 + dist.rank))
-        t0 = time.time()
-        sums, count = _run_epoch(net, model, ema, optimizer, scaler, loader, dist, cfg, epoch, step, warmup_steps,
-                                 total_steps, use_amp, progress, ema_warmup)
-        step += steps_per_epoch
-        means = dist.mean([s / max(count, 1) for s in sums])
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "cls_loss": means[0],
-               "reg_loss": means[1], "final_loss": means[2], "seconds": round(time.time() - t0, 2)}
-        if dist.is_main:
-            if eval_gt is not None and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.total_epochs):
-                row["eval_average_mAP"] = _evaluate(ema.module, cfg, classes, provenance, inputs, eval_gt, dist)
-            history.append(row)
-            save_checkpoint(ckpt_path, {
-                "config": cfg.to_dict(), "mode": cfg.data.mode, "classes": classes, "provenance": provenance,
-                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": {"step": step, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps},
-                "scaler": scaler.state_dict() if use_amp else {}, "epoch": epoch + 1, "rng": rng_state(),
-                "history": history, "inputs": inputs.to_dict(), "stovtal_version": __version__,
-                "ema_initialised": bool(init_ema_from or (state or {}).get("ema_initialised")),
-            })
-            write_run_record(history, run_dir, tb)
-            log.info("epoch %d/%d: loss %.4f (cls %.4f, reg %.4f), lr %.2e%s, %.1fs", epoch + 1,
-                     cfg.train.total_epochs, row["final_loss"], row["cls_loss"], row["reg_loss"], row["lr"],
-                     f", eval average mAP {row['eval_average_mAP']:.4f}" if "eval_average_mAP" in row else "",
-                     row["seconds"])
-        dist.barrier()
-    if tb is not None:
-        tb.close()
-    return ckpt_path
+def epoch_batches(cfg: RunConfig, dataset: FeatureDataset, dist: Distributed):
+    """This rank's batch sampler: length-aware (``data.batching: length``) or padded to max_seq_len (``max``)."""
+    return training_batches([r.pseudo for r in dataset.records], dataset.clip_lengths(), cfg.train.batch_size,
+                            ratio=cfg.data.pseudo_ratio, epoch_clips=cfg.data.epoch_clips, seed=cfg.train.seed,
+                            num_replicas=dist.world, rank=dist.rank, by_length=cfg.data.batching == "length",
+                            window_batches=cfg.data.length_window)
+
+
+def training_collate(cfg: RunConfig) -> PadCollate:
+    """Pad to the batch's longest clip (length-aware) or to max_seq_len, always to a multiple of the top stride."""
+    return PadCollate(cfg.model.max_stride, min_len=cfg.max_seq_len if cfg.data.batching == "max" else 0)
+
+
+def _save(run: _Run, epoch: int, scheduler: dict) -> None:
+    save_checkpoint(run.run_dir / CHECKPOINT_NAME, {
+        "config": run.cfg.to_dict(), "mode": run.cfg.data.mode, "classes": run.classes,
+        "provenance": run.provenance, "model": run.model.state_dict(), "ema": run.ema.state_dict(),
+        "optimizer": run.optimizer.state_dict(), "scheduler": scheduler,
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {}, "epoch": epoch, "rng": rng_state(),
+        "history": run.history, "inputs": run.inputs.to_dict(), "stovtal_version": __version__,
+        "ema_initialised": run.ema_initialised,
+    })
+
+
+def _log_epoch(cfg: RunConfig, row: dict) -> None:
+    log.info("epoch %d/%d: loss %.4f (cls %.4f, reg %.4f), lr %.2e%s, %.1fs", row["epoch"], cfg.train.total_epochs,
+             row["final_loss"], row["cls_loss"], row["reg_loss"], row["lr"],
+             f", eval average mAP {row['eval_average_mAP']:.4f}" if "eval_average_mAP" in row else "", row["seconds"])
 
 
 def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
@@ -363,14 +413,15 @@ def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
     return min(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
 
 
-def train_step(net, model, ema, optimizer, scaler, batch, device, clip_grad: float, use_amp: bool) -> list[float]:
+def train_step(net, model, ema, optimizer, scaler, batch, device, clip_grad: float, use_amp: bool,
+               amp_dtype: torch.dtype = torch.float16) -> list[float]:
     """One optimisation step on a collated batch; returns [cls_loss, reg_loss, final_loss]."""
     feats = batch["feats"].to(device, non_blocking=True)
     masks = batch["masks"].to(device, non_blocking=True)
     segs = [s.to(device) for s in batch["segments"]]
     labels = [lb.to(device) for lb in batch["labels"]]
     weights = [w.to(device) for w in batch["weights"]]
-    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
         out = net(feats, masks)
         losses = model.losses(out, segs, labels, weights)
     loss = losses["final_loss"]
@@ -386,18 +437,19 @@ def train_step(net, model, ema, optimizer, scaler, batch, device, clip_grad: flo
     return [losses["cls_loss"].item(), losses["reg_loss"].item(), loss.item()]
 
 
-def _run_epoch(net, model, ema, optimizer, scaler, loader, dist, cfg, epoch, step, warmup_steps, total_steps,
-               use_amp, progress, ema_warmup):
-    net.train()
+def _run_epoch(run: _Run, loader, epoch, warmup_steps, total_steps, progress):
+    cfg, dist = run.cfg, run.dist
+    run.net.train()
     sums, count = [0.0, 0.0, 0.0], 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.total_epochs}", unit="batch", leave=False,
                disable=not (progress and dist.is_main))
     for i, batch in enumerate(bar):
-        lr = learning_rate(step + i, cfg.train.lr, warmup_steps, total_steps)
-        for group in optimizer.param_groups:
+        lr = learning_rate(run.step + i, cfg.train.lr, warmup_steps, total_steps)
+        for group in run.optimizer.param_groups:
             group["lr"] = lr
-        ema.decay = ema_decay_at(step + i, cfg.train.ema_decay, ema_warmup)
-        values = train_step(net, model, ema, optimizer, scaler, batch, dist.device, cfg.train.clip_grad, use_amp)
+        run.ema.decay = ema_decay_at(run.step + i, cfg.train.ema_decay, run.ema_warmup)
+        values = train_step(run.net, run.model, run.ema, run.optimizer, run.scaler, batch, dist.device,
+                            cfg.train.clip_grad, run.use_amp, run.amp_dtype)
         if not all(math.isfinite(v) for v in values):
             raise TrainError(f"non-finite loss at epoch {epoch + 1}, iteration {i + 1}: {values}; lower --lr")
         sums = [s + v for s, v in zip(sums, values)]

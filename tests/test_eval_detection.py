@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eval_reference import reference_ap, reference_gt_bsn, reference_gt_official
-from tal.data.annotations import AnnotationSet, AnnotationWarning, Segment, VideoAnnotation, load_annotations
+from tal.data.annotations import AnnotationError, AnnotationSet, AnnotationWarning, Segment, VideoAnnotation, load_annotations
 from tal.eval.detection import TIOU_PRESETS, EvaluationWarning, evaluate_detection
 from tal.eval.predictions import Detection, PredictionError, load_predictions, write_predictions
 
@@ -167,6 +167,37 @@ def test_predictions_roundtrip_and_errors(tmp_path):
     bad.write_text(json.dumps({"version": 1}))
     with pytest.raises(PredictionError, match="'results' missing"):
         load_predictions(bad)
+
+
+
+def test_predictions_gzipped_and_unusual_but_valid_files(tmp_path):
+    import gzip
+
+    preds = {"v1": [Detection("a", 0.5, 1.0, 2.0), Detection("b", 0.25, 3.0, 4.5)], "v2": [],
+             "v3": [Detection("a", 1.0, 0.0, 7.0)]}
+    path = tmp_path / "p.json"
+    write_predictions(preds, path)
+    packed = tmp_path / "p.json.gz"
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    assert load_predictions(packed) == preds
+    renamed = tmp_path / "p_gz.json"  # recognised by its bytes, not its name
+    renamed.write_bytes(packed.read_bytes())
+    assert load_predictions(renamed) == preds
+    # numbers as strings and integer labels: read as before, by the checking path
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps({"results": {"v1": [{"label": 3, "score": "0.5", "segment": ["1", 2]}]}}))
+    assert load_predictions(odd) == {"v1": [Detection("3", 0.5, 1.0, 2.0)]}
+    # NaN is not JSON, but Python's json reads it; it stays a one-line error naming the field
+    odd.write_text('{"results": {"v1": [{"label": "a", "score": NaN, "segment": [1, 2]}]}}')
+    with pytest.raises(AnnotationError, match=r"odd.json: video 'v1' field 'results\[0\]' score: expected a finite"):
+        load_predictions(odd)
+    odd.write_text('{"results": {"v1": [{"label": "a", "score": 1, "segment": [1, 2, 3]}]}}')
+    with pytest.raises(PredictionError, match=r"'results\[0\]': 'segment' must be \[start, end\]"):
+        load_predictions(odd)
+    cut = tmp_path / "cut.json.gz"
+    cut.write_bytes(packed.read_bytes()[:-20])
+    with pytest.raises(AnnotationError, match=r"cut.json.gz: cannot read \("):
+        load_predictions(cut)
 
 
 # ---------------------------------------------------------------- real ground truth vs the plain loop

@@ -267,6 +267,35 @@ def test_iter_videos_subset_in_store_order(tmp_path, suffix):
             np.testing.assert_array_equal(rows, s.read(v))
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_reads_into_preallocated_buffers(tmp_path, suffix, dtype, monkeypatch):
+    import features.store.core as core
+
+    monkeypatch.setattr(core, "SCAN_BLOCK_BYTES", 16 * 16 * 2 * 3)  # blocks of a few rows: videos span blocks
+    path = tmp_path / f"s{suffix}"
+    lengths = [5, 0, 17, 1, 40]
+    with create_store(path, dim=16, provenance=PROV, dtype=dtype) as s:
+        for i, t in enumerate(lengths):
+            s.write_video(f"v{i}", rows_for(i, t), make_info(t))
+    with open_store(path) as s:
+        whole = s.read_all()
+        assert whole.dtype == np.dtype(dtype) and whole.shape == (sum(lengths), 16)
+        buffer = np.full((sum(lengths), 16), np.nan, np.float32)
+        assert s.read_all(out=buffer) is buffer
+        for i, t in enumerate(lengths):
+            a, b = s.row_span(f"v{i}")
+            stored = rows_for(i, t).astype(dtype)
+            np.testing.assert_array_equal(whole[a:b], stored)
+            np.testing.assert_array_equal(buffer[a:b], stored.astype(np.float32))  # converted while read
+            one = np.empty((t, 16), np.float32)
+            assert s.read(f"v{i}", out=one) is one
+            np.testing.assert_array_equal(one, stored.astype(np.float32))
+        with pytest.raises(StoreError, match=r"video 'v0': out must be a float array of shape \[5, 16\]"):
+            s.read("v0", out=np.empty((4, 16), np.float32))
+        with pytest.raises(StoreError, match="all rows: out must be a float array"):
+            s.read_all(out=np.empty((sum(lengths), 16), np.int32))
+
+
 def test_grid_centers_and_row_rule():
     g = Grid(fps=30.0, window=16, stride=4, frame_step=4)
     np.testing.assert_allclose(g.centers(3), [8 / 30, 12 / 30, 16 / 30])

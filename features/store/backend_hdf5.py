@@ -194,6 +194,15 @@ class Hdf5Backend:
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return self._read("rows", start, stop)
 
+    def read_rows_into(self, start: int, stop: int, out: np.ndarray) -> None:
+        """Rows [start, stop) into ``out``, converted to its dtype while copied out of the mapping (one pass)."""
+        dtype, tail = _dataset_layout(self.header, "rows")
+        offset = self._offset["rows"] + start * self._rowbytes["rows"]
+        if stop > start and self._mm is not None and offset + (stop - start) * self._rowbytes["rows"] <= len(self._mm):
+            np.copyto(out, np.frombuffer(self._mm, dtype, (stop - start) * tail[0], offset).reshape(out.shape))
+        elif stop > start:
+            np.copyto(out, self._read("rows", start, stop))
+
     def read_index(self, n: int) -> np.ndarray:
         return self._read("index", 0, n)
 

@@ -150,18 +150,56 @@ class FeatureStore:
         row = self._row(vid)
         return int(row[C["crc32"]]) if self.has_checksums else None
 
-    def read(self, vid, verify: bool = False) -> np.ndarray:
-        """The video's rows [T, D]; ``verify`` also checks them against the stored checksum."""
+    def read(self, vid, out: np.ndarray | None = None, verify: bool = False) -> np.ndarray:
+        """A video's rows [T, D] in the store's dtype, or written into ``out`` (any float dtype, converted while
+        copied: e.g. float32 rows for a model without a second copy); ``verify`` also checks them against the
+        stored checksum (computed over the stored dtype, so a converting ``out`` reads them once more)."""
         start, stop = self.row_span(vid)
+        if out is not None:
+            self._check_out(out, stop - start, f"video {vid!r}")
         try:
-            rows = self._b.read_rows(start, stop)
+            if out is None or verify:
+                rows = self._b.read_rows(start, stop)
+            else:
+                self._b.read_rows_into(start, stop, out)
+                return out
         except RowsUnreadable as exc:
             raise StoreError(f"{self.path}: video {vid!r} cannot be read: {exc}") from None
         if verify:
             problem = self._damage(vid, rows)
             if problem:
                 raise StoreError(f"{self.path}: video {vid!r}: {problem}")
-        return rows
+        if out is None:
+            return rows
+        np.copyto(out, rows)
+        return out
+
+    def read_all(self, out: np.ndarray | None = None) -> np.ndarray:
+        """Every committed row in store order as one [num_rows, D] array (video ``v`` is
+        ``rows[slice(*row_span(v))]``), read block by block into ``out`` when given: a preallocated buffer of
+        any float dtype, filled without per-video copies (a full scan's fastest path)."""
+        n = self.num_rows
+        out = np.empty((n, self.dim), self.dtype) if out is None else self._check_out(out, n, "all rows")
+        block = max(1, SCAN_BLOCK_BYTES // (self.dim * self.dtype.itemsize))
+        for a in range(0, n, block):
+            try:
+                self._b.read_rows_into(a, min(n, a + block), out[a:a + block])
+            except RowsUnreadable as exc:
+                raise StoreError(f"{self.path}: video {self._video_at(exc.start)!r} cannot be read: {exc}") from None
+        return out
+
+    def _video_at(self, row: int) -> str:
+        """The id of the video holding committed row ``row``."""
+        offsets = self._index[: len(self._ids), C["offset"]]
+        order = np.argsort(offsets, kind="stable")
+        i = order[np.searchsorted(offsets[order], row, side="right") - 1]
+        return self._ids[int(i)]
+
+    def _check_out(self, out, rows: int, what: str) -> np.ndarray:
+        if not isinstance(out, np.ndarray) or out.shape != (rows, self.dim) or out.dtype.kind != "f":
+            got = f"{out.dtype} {list(out.shape)}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise StoreError(f"{self.path}: {what}: out must be a float array of shape [{rows}, {self.dim}], got {got}")
+        return out
 
     def _damage(self, vid, rows) -> str | None:
         if not self.has_checksums:

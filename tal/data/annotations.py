@@ -12,12 +12,12 @@ from pathlib import Path
 from tal.atomic import atomic_write_json
 from tal.data import formats
 from tal.data.annotation_types import (SUBSETS, AnnotationBuilder, AnnotationError, AnnotationSet,
-                                       AnnotationWarning, Segment, VideoAnnotation, canonical_subset, read_json,
-                                       to_float)
+                                       AnnotationWarning, Segment, VideoAnnotation, canonical_subset, paused_gc,
+                                       read_json, to_float)
 
 __all__ = ["SUBSETS", "FORMATS", "AnnotationBuilder", "AnnotationError", "AnnotationSet", "AnnotationWarning",
-           "Segment", "VideoAnnotation", "canonical_subset", "detect_format", "load_annotations", "read_json",
-           "to_float", "to_official", "write_official"]
+           "Segment", "VideoAnnotation", "canonical_subset", "detect_format", "load_annotations", "paused_gc",
+           "read_json", "to_float", "to_official", "write_official"]
 
 FORMATS = ("official", "actionformer", "bsn", "compact", "thumos-txt")
 

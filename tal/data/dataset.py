@@ -242,11 +242,19 @@ class FeatureDataset(Dataset):
     def __len__(self):
         return len(self.records)
 
+    def clip_lengths(self) -> list[int]:
+        """Each item's rows at most, known without reading: the resize length, or (training) the video's rows
+        capped at max_seq_len — random crops only shorten. Length-aware batching sorts by these."""
+        if self.resize_len:
+            return [int(self.resize_len)] * len(self.records)
+        cap = self.max_seq_len if self.training else None
+        return [min(r.num_rows, cap) if cap else r.num_rows for r in self.records]
+
     def read_rows(self, rec: VideoRecord) -> np.ndarray:
-        rows = self.stores[rec.store].read(rec.video_id)
-        if rows.ndim != 2 or rows.shape[0] < 1:
+        if rec.num_rows < 1:
             raise DatasetError(f"{self.stores.paths[rec.store]}: video {rec.video_id} has no feature rows")
-        return np.asarray(rows, dtype=np.float32)
+        store = self.stores[rec.store]
+        return store.read(rec.video_id, out=np.empty((rec.num_rows, store.dim), np.float32))  # converted as read
 
     def __getitem__(self, i):
         rec = self.records[i]

@@ -8,12 +8,11 @@ score ties are broken by input order in :mod:`tal.eval.detection`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from operator import attrgetter
 
 import numpy as np
 
 from tal.atomic import atomic_write_json
-from tal.data.annotations import AnnotationError, read_json, to_float
+from tal.data.annotations import AnnotationError, paused_gc, read_json, to_float
 
 
 class PredictionError(AnnotationError):
@@ -41,35 +40,47 @@ def _check_item(item, where: str) -> Detection:
     return Detection(str(item["label"]), to_float(item["score"], where + " score"), start, end)
 
 
-def _fast_items(items) -> list[Detection]:
-    """The common well-formed case without per-field checks; any problem is caught by the caller."""
-    dets = [Detection(str(it["label"]), float(it["score"]), float(it["segment"][0]), float(it["segment"][1]))
-            for it in items]
-    if any(len(it["segment"]) != 2 or isinstance(it["score"], bool) for it in items):
-        raise ValueError("malformed")
-    start = np.fromiter(map(attrgetter("start"), dets), np.float64, count=len(dets))
-    end = np.fromiter(map(attrgetter("end"), dets), np.float64, count=len(dets))
-    score = np.fromiter(map(attrgetter("score"), dets), np.float64, count=len(dets))
-    if not (np.isfinite(start).all() and np.isfinite(end).all() and np.isfinite(score).all()) or (end < start).any():
+def _fast_results(results: dict) -> dict[str, list[Detection]]:
+    """Every video at once for the common well-formed file: numbers that are JSON numbers, two-number segments.
+
+    Raises (TypeError, ValueError, ...) on anything else; the caller then checks video by video to name it."""
+    counts, labels, scores, segments = [], [], [], []
+    for items in results.values():
+        if type(items) is not list:
+            raise TypeError("not a list")
+        counts.append(len(items))
+        labels += [it["label"] for it in items]
+        scores += [it["score"] for it in items]
+        segments += [it["segment"] for it in items]
+    if not set(map(type, scores)) <= {float, int} or not set(map(type, segments)) <= {list}:
+        raise TypeError("unusual types")
+    score = np.array(scores, np.float64)
+    seg = np.array(segments, np.float64).reshape(len(segments), 2)  # ragged or non-numeric: ValueError
+    if not (np.isfinite(seg).all() and np.isfinite(score).all()) or (seg[:, 1] < seg[:, 0]).any():
         raise ValueError("bad values")
-    return dets
+    dets = list(map(Detection, map(str, labels), score.tolist(), seg[:, 0].tolist(), seg[:, 1].tolist()))
+    ends = np.cumsum(counts).tolist()
+    return {str(vid): dets[end - n:end] for vid, n, end in zip(results, counts, ends)}
 
 
 def load_predictions(path) -> dict[str, list[Detection]]:
+    """Read an official results JSON (plain or gzip-compressed)."""
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise PredictionError(f"{path}: field 'results' missing or not an object")
-    preds: dict[str, list[Detection]] = {}
-    for vid, items in data["results"].items():
-        if not isinstance(items, list):
-            raise PredictionError(f"{path}: video {vid!r}: expected a list of detections")
+    with paused_gc():  # hundreds of thousands of Detections hold no cycles
         try:
-            dets = _fast_items(items)
+            return _fast_results(data["results"])
         except (KeyError, TypeError, ValueError, IndexError):
-            # Slow path only to name the offending item and field.
-            dets = [_check_item(item, f"{path}: video {vid!r} field 'results[{i}]'") for i, item in enumerate(items)]
-        preds[str(vid)] = dets
-    return preds
+            pass
+        # Slow path only to name the offending video, item and field.
+        preds: dict[str, list[Detection]] = {}
+        for vid, items in data["results"].items():
+            if not isinstance(items, list):
+                raise PredictionError(f"{path}: video {vid!r}: expected a list of detections")
+            preds[str(vid)] = [_check_item(item, f"{path}: video {vid!r} field 'results[{i}]'")
+                               for i, item in enumerate(items)]
+        return preds
 
 
 def write_predictions(preds: dict[str, list[Detection]], path, external_data=None, version="stovtal") -> None:
