@@ -114,9 +114,30 @@ def iter_detections(stores, localizer, video_ids=None, *, vocabulary: TextVocabu
     store whose rows win for a video that several stores hold with different rows (else an error). Checkpoint,
     stores and videos are checked before this returns.
     """
+    vocabularies = None if vocabulary is None else {None: vocabulary}
+    stream = _prepared_stream(stores, localizer, video_ids, vocabularies, ov_config, batch_size, num_workers, device,
+                              skip_missing, check_store, durations, prefer_store)
+    if vocabulary is not None:
+        stream.unwrap(None)
+    return stream
+
+
+def iter_open_vocabulary(stores, localizer, video_ids, vocabularies: dict, *, ov_config: OVConfig | None = None,
+                         batch_size: int = 1, num_workers: int = 0, device=None,
+                         prefer_store=None) -> "DetectionStream":
+    """Yield ``(video_id, {name: detections})``: an agnostic localizer's proposals named with each of
+    ``vocabularies`` (``{name: TextVocabulary}``). The localizer runs once per video whatever the number of
+    vocabularies (protocols that differ only in the vocabulary share its proposals)."""
+    return _prepared_stream(stores, localizer, video_ids, dict(vocabularies), ov_config, batch_size, num_workers,
+                            device, False, True, None, prefer_store)
+
+
+def _prepared_stream(stores, localizer, video_ids, vocabularies, ov_config, batch_size, num_workers, device,
+                     skip_missing, check_store, durations, prefer_store) -> "DetectionStream":
+    """Check the localizer, stores and videos now (not on the first ``next``); the lazy stream of results."""
     if not isinstance(localizer, Localizer):
         localizer = Localizer.from_checkpoint(localizer)
-    if vocabulary is not None and localizer.mode != "agnostic":
+    if vocabularies is not None and localizer.mode != "agnostic":
         raise InferenceError(f"{localizer.source}: open-vocabulary classification needs an agnostic model "
                              f"(this one is closed over {len(localizer.classes)} classes)")
     paths = _as_paths(stores)
@@ -129,8 +150,8 @@ def iter_detections(stores, localizer, video_ids=None, *, vocabulary: TextVocabu
     finally:
         store_set.close()
     device = torch.device(device) if device is not None else next(localizer.model.parameters()).device
-    return DetectionStream(_stream(localizer, paths, records, vocabulary, ov_config, batch_size, num_workers, device),
-                           len(records))
+    return DetectionStream(_stream(localizer, paths, records, vocabularies, ov_config, batch_size, num_workers,
+                                   device), len(records))
 
 
 class DetectionStream:
@@ -138,6 +159,10 @@ class DetectionStream:
 
     def __init__(self, generator, length: int):
         self._generator, self._length = generator, length
+
+    def unwrap(self, name) -> None:
+        """Yield one vocabulary's detections instead of the dict of all of them."""
+        self._generator = ((vid, named[name]) for vid, named in self._generator)
 
     def __iter__(self):
         return self
@@ -150,31 +175,36 @@ class DetectionStream:
 
 
 @torch.no_grad()
-def _stream(localizer, paths, records, vocabulary, ov_config, batch_size, num_workers, device):
+def _stream(localizer, paths, records, vocabularies, ov_config, batch_size, num_workers, device):
+    """``vocabularies``: None (the model's own labels) or ``{name: TextVocabulary}`` (yields a dict per video)."""
     cfg = localizer.config
     model = localizer.model.to(device).eval()
     dataset = FeatureDataset(paths, records, training=False, max_seq_len=cfg.max_seq_len,
                              resize_len=cfg.data.resize_len)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=PadCollate(cfg.model.max_stride))
-    text = None if vocabulary is None else torch.as_tensor(vocabulary.embeddings, dtype=torch.float32, device=device)
+    texts = None if vocabularies is None else {
+        name: torch.as_tensor(v.embeddings, dtype=torch.float32, device=device) for name, v in vocabularies.items()}
     ov_cfg, nms = ov_config or OVConfig(), cfg.model.nms()
     names = localizer.classes if localizer.mode == "closed" else [AGNOSTIC_LABEL]
     try:
         for batch in loader:
             feats, masks = batch["feats"].to(device), batch["masks"].to(device)
             out = model(feats, masks)
-            if text is None:
+            if texts is None:
                 for b, det in enumerate(model.predict(out)):
                     yield batch["video_id"][b], _detections(det["segments"], det["scores"], det["labels"], names,
                                                             batch["grid"][b], batch["duration"][b])
-            else:
-                for b, prop in enumerate(model.proposals(out)):
-                    rows = feats[b, :, : int(batch["lengths"][b])].T
+                continue
+            for b, prop in enumerate(model.proposals(out)):
+                rows = feats[b, :, : int(batch["lengths"][b])].T
+                named = {}
+                for name, text in texts.items():
                     segs, scores, labels = classify_proposals(rows, prop["segments"], prop["scores"], text, ov_cfg,
                                                               nms)
-                    yield batch["video_id"][b], _detections(segs, scores, labels, vocabulary.classes,
-                                                            batch["grid"][b], batch["duration"][b])
+                    named[name] = _detections(segs, scores, labels, vocabularies[name].classes, batch["grid"][b],
+                                              batch["duration"][b])
+                yield batch["video_id"][b], named
     finally:
         dataset.stores.close()
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -46,10 +46,16 @@ class FilterConfig:
     top_k: int | None = None
     dedup_iou: float | None = 0.5  # None or >= 1 disables duplicate removal
     min_duration: float = 0.0
+    # Proposals scoring in [ignore_threshold, threshold) become ignore regions (stage 1 was unsure: trained
+    # neither as actions nor as background); None: everything below the threshold is background.
+    ignore_threshold: float | None = None
 
     def __post_init__(self):
         if not 0.0 <= self.threshold <= 1.0:
             raise PseudoLabelError(f"threshold must lie in [0, 1], got {self.threshold}")
+        if self.ignore_threshold is not None and not 0.0 <= self.ignore_threshold <= self.threshold:
+            raise PseudoLabelError(f"ignore threshold must lie in [0, threshold = {self.threshold}], "
+                                   f"got {self.ignore_threshold}")
         if self.top_k is not None and self.top_k < 1:
             raise PseudoLabelError(f"top_k must be >= 1, got {self.top_k}")
         if self.dedup_iou is not None and not 0.0 < self.dedup_iou <= 1.0:
@@ -63,6 +69,7 @@ class FilterResult:
     segments: np.ndarray  # [K, 2] float64 seconds, sorted by descending score
     scores: np.ndarray  # [K] float64
     fell_back: bool  # True when the threshold kept nothing and the top-1 was kept instead
+    ignore: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # [J, 3] start, end, score
 
 
 def _dedup_mask(segments: np.ndarray, iou: float) -> np.ndarray:
@@ -97,10 +104,12 @@ def filter_proposals(segments, scores, duration: float, cfg: FilterConfig) -> Fi
     fell_back = bool(len(scores) > 0 and not kept.any())
     if fell_back:
         kept[0] = True
+    unsure = ~kept & (scores >= cfg.ignore_threshold) if cfg.ignore_threshold is not None else ~kept & False
+    ignore = np.concatenate([segments[unsure], scores[unsure, None]], axis=1)
     segments, scores = segments[kept], scores[kept]
     if cfg.top_k is not None:
         segments, scores = segments[: cfg.top_k], scores[: cfg.top_k]
-    return FilterResult(segments, scores, fell_back)
+    return FilterResult(segments, scores, fell_back, ignore)
 
 
 # --------------------------------------------------------------------------------------------- sharding
@@ -143,6 +152,8 @@ def _video_record(video_id: str, duration: float, fps, result: FilterResult) -> 
         # clipped again after rounding so that no segment runs past the video.
         "segments": [[round(float(s), 4), min(round(float(e), 4), float(duration)), round(float(c), 6)]
                      for (s, e), c in zip(result.segments, result.scores)],
+        "ignore": [[round(float(s), 4), min(round(float(e), 4), float(duration)), round(float(c), 6)]
+                   for s, e, c in result.ignore],
     }
 
 
@@ -307,6 +318,8 @@ def merge_parts(out: Path, sources: Iterable[Path] | None = None, extra_provenan
                     entry["fps"] = rec["fps"]
                 entry["annotations"] = [{"segment": [s, e], "label": PSEUDO_LABEL, "score": c, "pseudo": True}
                                         for s, e, c in rec["segments"]]
+                if rec.get("ignore"):
+                    entry["ignore"] = rec["ignore"]
                 f.write(("" if first else ",") + "\n" + json.dumps(vid) + ": " + json.dumps(entry))
                 first = False
                 stats.add(len(rec["segments"]), rec["fell_back"])
@@ -333,11 +346,12 @@ def _duration(info) -> float:
 
 def pseudo_label_store(store, checkpoint, out, cfg: FilterConfig, *, shard: tuple[int, int] = (0, 1),
                        batch_size: int = 8, num_workers: int = 0, device=None, progress: bool = True,
-                       merge: bool | None = None) -> ShardStats:
+                       merge: bool | None = None, provenance: dict | None = None) -> ShardStats:
     """Pseudo-label every video of ``store`` (one shard of it) with an agnostic ``checkpoint``'s EMA weights.
 
     Writes ``<out>.parts/``; when this is the only shard (or ``merge=True``), also assembles ``out``.
-    Returns this shard's counts. Errors (bad checkpoint, mismatching or empty store) raise one-line
+    ``provenance``: more to record with the settings (e.g. how the thresholds were chosen). Returns this
+    shard's counts. Errors (bad checkpoint, mismatching or empty store) raise one-line
     ``PseudoLabelError``/``CheckpointError``/``StoreError`` messages.
     """
     from tqdm import tqdm
@@ -365,7 +379,8 @@ def pseudo_label_store(store, checkpoint, out, cfg: FilterConfig, *, shard: tupl
         "weights": localizer.weights,
         "store": str(store.resolve()), "store_encoder": encoder,
         "threshold": cfg.threshold, "top_k": cfg.top_k, "dedup_iou": cfg.dedup_iou, "min_duration": cfg.min_duration,
-        "nms": mcfg.nms_method, "max_proposals": mcfg.max_seg_num,
+        "ignore_threshold": cfg.ignore_threshold, "nms": mcfg.nms_method, "max_proposals": mcfg.max_seg_num,
+        **(provenance or {}),
     }
     writer = ShardWriter(parts_dir_for(out), index, count, run_meta)
     mine = shard_slice(ids, index, count)
@@ -402,8 +417,9 @@ def refilter(src, out, cfg: FilterConfig, provenance: dict | None = None, limit:
     """Filter an existing pseudo-label file again (e.g. a τ sweep without rerunning the model); ``limit``
     keeps only the first videos of the file (a scaling curve over the number of unlabelled videos).
 
-    Exact when ``src`` was written with a threshold <= ``cfg.threshold``, no top-k and the same dedup and
-    minimum duration: filtering is then idempotent except for the stricter threshold.
+    Exact when ``src`` was written with thresholds <= ``cfg``'s (its ignore regions count as candidates), no
+    top-k and the same dedup and minimum duration: filtering is then idempotent except for the stricter
+    thresholds.
     """
     from tal.data.annotations import AnnotationSet, Segment, load_annotations, write_official
 
@@ -411,11 +427,12 @@ def refilter(src, out, cfg: FilterConfig, provenance: dict | None = None, limit:
     stats = ShardStats()
     videos = {}
     for vid, video in list(aset.videos.items())[:limit]:
-        segs = np.array([[s.start, s.end] for s in video.segments], dtype=np.float64).reshape(-1, 2)
-        scores = np.array([s.score if s.score is not None else 1.0 for s in video.segments], dtype=np.float64)
-        result = filter_proposals(segs, scores, video.duration, cfg)
+        cand = [(s.start, s.end, s.score if s.score is not None else 1.0) for s in video.segments] + video.ignore
+        cand = np.array(cand, dtype=np.float64).reshape(-1, 3)
+        result = filter_proposals(cand[:, :2], cand[:, 2], video.duration, cfg)
         video.segments = [Segment(float(a), float(b), PSEUDO_LABEL, float(c), pseudo=True)
                           for (a, b), c in zip(result.segments, result.scores)]
+        video.ignore = [tuple(map(float, r)) for r in result.ignore]
         stats.add(len(video.segments), result.fell_back)
         videos[vid] = video
     prov = {k: v for k, v in aset.provenance.items() if k not in ("source", "format")}
@@ -423,3 +440,32 @@ def refilter(src, out, cfg: FilterConfig, provenance: dict | None = None, limit:
                 fallback_videos=stats.fallback_videos, empty_videos=stats.empty_videos, **(provenance or {}))
     write_official(AnnotationSet(videos, prov), out)
     return stats
+
+
+def pseudo_label_quality(pl_path, gt_path, tiou=(0.3, 0.4, 0.5, 0.6, 0.7)) -> dict:
+    """How good are the pseudo-labels? Scored as class-agnostic detections against the unlabelled videos' truth
+    (analysis only: a simulation knows it, a real run rarely does): average mAP, and recall / precision at
+    tIoU 0.5 (a truth instance is recalled, a pseudo-label is precise, when some segment of the other side
+    overlaps it by tIoU >= 0.5)."""
+    from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation, load_annotations
+    from tal.eval.detection import evaluate_detection, tiou_matrix
+    from tal.eval.predictions import Detection
+
+    gt = load_annotations(gt_path)
+    pl = load_annotations(pl_path)
+    agnostic = AnnotationSet({vid: VideoAnnotation(vid, v.subset, v.duration, v.fps,
+                                                   [Segment(s.start, s.end, "action") for s in v.segments])
+                              for vid, v in gt.videos.items() if vid in pl.videos})
+    preds = {vid: [Detection("action", s.score if s.score is not None else 1.0, s.start, s.end)
+                   for s in v.segments] for vid, v in pl.videos.items()}
+    report = evaluate_detection(agnostic, preds, list(tiou))
+    hits_gt = hits_pl = n_gt = n_pl = 0
+    for vid, video in agnostic.videos.items():
+        g = np.array([[s.start, s.end] for s in video.segments]).reshape(-1, 2)
+        p = np.array([[d.start, d.end] for d in preds[vid]]).reshape(-1, 2)
+        n_gt, n_pl = n_gt + len(g), n_pl + len(p)
+        ok = tiou_matrix(g, p) >= 0.5  # [0, M] or [N, 0] when a side is empty: no hits
+        hits_gt += int(ok.any(axis=1).sum())
+        hits_pl += int(ok.any(axis=0).sum())
+    return {"average_mAP": float(report.average_mAP), "recall@0.5": hits_gt / max(n_gt, 1),
+            "precision@0.5": hits_pl / max(n_pl, 1), "pseudo_labels": n_pl, "true_actions": n_gt}

@@ -22,16 +22,18 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from features.errors import StovtalError
 from tal.atomic import atomic_write_json
-from tal.pseudo import FilterConfig, pseudo_label_store
+from tal.pseudo import FilterConfig, pseudo_label_quality, pseudo_label_store
+from tal.thresholds import ThresholdRule
 
 log = logging.getLogger("tal.selftrain")
 
 STATE_NAME = "state.json"
+MISSING_TOLERANCE = 0.02  # share of annotated test videos that may be absent from the test store
 SETTINGS_NAME = "selftrain.json"
 SIMULATED_NOTE = "SIMULATED DATA (tal.sim): figures show the method's behaviour, not real-video accuracy"
 
@@ -56,7 +58,9 @@ class SelfTrainConfig:
     labeled_annotations: list[str]
     unlabeled_features: str
     rounds: int = 1
-    filter: FilterConfig = field(default_factory=FilterConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)  # its thresholds apply when threshold_rule is None
+    # Thresholds chosen from held-out labelled videos (cross-fitting, tal.thresholds); None: filter's fixed ones.
+    threshold_rule: ThresholdRule | None = field(default_factory=ThresholdRule)
     split: str | None = None  # base/novel split; stage training uses its base classes (classes="base")
     classes: str = "base"
     subset: str | None = "training"  # subset of the human annotations to train on
@@ -64,7 +68,7 @@ class SelfTrainConfig:
     overrides: list[str] = field(default_factory=list)  # tal-train --set items, for every stage
     later_overrides: list[str] = field(default_factory=list)  # and for stages >= 2 only (e.g. fewer epochs)
     seed: int = 0
-    init: str = "ema"  # stage >= 2: "ema" (EMA from the previous stage, student fresh), "finetune", "none"
+    init: str = "none"  # stage >= 2 starts: "none" (from scratch), "ema" (EMA from the previous stage), "finetune"
     pseudo_ratio: float | None = None
     pseudo_weight: str | None = None
     tests: list[EvalSet] = field(default_factory=list)
@@ -72,6 +76,9 @@ class SelfTrainConfig:
     tiou: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
     simulated: bool = False  # label every output as simulated
     prefer_store: str | None = None  # the store whose rows win for a video several training stores hold
+    skip_missing: bool = False  # score test sets even when many annotated videos are not in their store
+    unlabeled_truth: str | None = None  # analysis only: the unlabelled videos' true segments
+    ceiling: bool = False  # also train stage 2 on unlabeled_truth (same recipe): what self-training could reach
 
     def validate(self) -> None:
         if self.rounds < 0:
@@ -84,6 +91,8 @@ class SelfTrainConfig:
             raise SelfTrainError(f"classes must be base or all, got {self.classes!r}")
         if self.prefer_store and not _preferred(self.prefer_store, self.labeled_features + [self.unlabeled_features]):
             raise SelfTrainError(f"--prefer-store {self.prefer_store}: not one of the labelled or unlabelled stores")
+        if self.ceiling and not self.unlabeled_truth:
+            raise SelfTrainError("--ceiling trains on the unlabelled videos' truth: give --unlabeled-truth")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -94,6 +103,8 @@ class SelfTrainConfig:
     def from_dict(cls, d: dict) -> "SelfTrainConfig":
         d = dict(d)
         d["filter"] = FilterConfig(**d["filter"])
+        if d.get("threshold_rule") is not None:
+            d["threshold_rule"] = ThresholdRule(**d["threshold_rule"])
         d["tests"] = [EvalSet(**t) for t in d.get("tests", [])]
         return cls(**d)
 
@@ -138,21 +149,33 @@ def _comparable(d: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- steps
-def train_stage(cfg: SelfTrainConfig, run_dir: Path, pseudo: list[Path], init_from: Path | None,
-                 progress: bool) -> Path:
+def stage_run_config(cfg: SelfTrainConfig, later: bool):
+    """The tal-train config of stage 1 (``later=False``) or of a stage trained with pseudo-labels: the
+    pseudo-label options (and ``later_overrides``) apply to the latter only."""
     from tal.config import load_config
-    from tal.train import TrainInputs, train
 
     sets = ["data.mode=agnostic", f"train.seed={cfg.seed}"]
-    if cfg.pseudo_ratio is not None:
+    if later and cfg.pseudo_ratio is not None:
         sets.append(f"data.pseudo_ratio={cfg.pseudo_ratio}")
-    if cfg.pseudo_weight is not None:
+    if later and cfg.pseudo_weight is not None:
         sets.append(f"data.pseudo_weight={cfg.pseudo_weight}")
-    later = list(cfg.later_overrides) if pseudo else []
-    run_cfg = load_config(cfg.preset, list(cfg.overrides) + later + sets)
+    return load_config(cfg.preset, list(cfg.overrides) + (list(cfg.later_overrides) if later else []) + sets)
+
+
+def stage_inputs(cfg: SelfTrainConfig, pseudo=()):
+    from tal.train import TrainInputs
+
     features = list(cfg.labeled_features) + ([cfg.unlabeled_features] if pseudo else [])
-    inputs = TrainInputs(features, list(cfg.labeled_annotations), [str(p) for p in pseudo], cfg.subset, cfg.split,
-                         cfg.classes if cfg.split else "all", _preferred(cfg.prefer_store, features))
+    return TrainInputs(features, list(cfg.labeled_annotations), [str(p) for p in pseudo], cfg.subset, cfg.split,
+                       cfg.classes if cfg.split else "all", _preferred(cfg.prefer_store, features))
+
+
+def train_stage(cfg: SelfTrainConfig, run_dir: Path, pseudo: list[Path], init_from: Path | None,
+                 progress: bool) -> Path:
+    from tal.train import train
+
+    run_cfg = stage_run_config(cfg, later=bool(pseudo))
+    inputs = stage_inputs(cfg, pseudo)
     init = {}
     if init_from is not None and cfg.init == "ema":
         init["init_ema_from"] = init_from
@@ -165,7 +188,7 @@ def evaluate_stage(checkpoint, cfg: SelfTrainConfig, progress: bool = False) -> 
     """Protocol results of one checkpoint on every test set (open-vocabulary over its agnostic proposals)."""
     from tal.data.annotations import load_annotations
     from tal.eval.protocols import evaluate_protocol, load_split
-    from tal.infer import Localizer, iter_detections, store_vocabulary
+    from tal.infer import Localizer, iter_open_vocabulary, store_vocabulary
     from features.store import open_store
 
     split = load_split(cfg.split)
@@ -180,6 +203,10 @@ def evaluate_stage(checkpoint, cfg: SelfTrainConfig, progress: bool = False) -> 
         missing = len(gt.videos) - len(present)
         if not present:
             raise SelfTrainError(f"{test.annotations}: none of its videos is in {test.features}")
+        if missing > MISSING_TOLERANCE * len(gt.videos) and not cfg.skip_missing:
+            raise SelfTrainError(f"{test.annotations}: {missing} of {len(gt.videos)} annotated videos are not in "
+                                 f"{test.features}; scoring the rest would change the benchmark "
+                                 "(--skip-missing scores them anyway)")
         if missing:
             log.warning("%s: %d annotated videos are not in %s; scoring the %d present", test.annotations, missing,
                         test.features, len(present))
@@ -187,11 +214,15 @@ def evaluate_stage(checkpoint, cfg: SelfTrainConfig, progress: bool = False) -> 
         vocab = store_vocabulary(test.features, cfg.vocab)
         runs = [("cross_domain", "generalized", split.all)] if test.cross_domain else \
             [("novel_only", "novel", split.novel), ("generalized", "generalized", split.all)]
-        for key, mode, classes in runs:
-            preds = dict(iter_detections(test.features, localizer, present, batch_size=8,
-                                         vocabulary=vocab.restrict(classes, f"{test.features} vocabulary {cfg.vocab}")))
-            results[key] = evaluate_protocol(gt, preds, split, mode, cfg.tiou)
-            results[key]["features"] = str(test.features)
+        where = f"{test.features} vocabulary {cfg.vocab}"
+        vocabularies = {key: vocab.restrict(classes, where) for key, _, classes in runs}
+        preds: dict = {key: {} for key, _, _ in runs}
+        for vid, named in iter_open_vocabulary(test.features, localizer, present, vocabularies, batch_size=8):
+            for key, dets in named.items():
+                preds[key][vid] = dets
+        for key, mode, _ in runs:
+            results[key] = evaluate_protocol(gt, preds[key], split, mode, cfg.tiou)
+            results[key].update(features=str(test.features), videos_scored=len(present), videos_missing=missing)
     return results
 
 
@@ -220,35 +251,101 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
     pseudo_counts: dict[str, dict] = {}
     for stage in range(1, cfg.rounds + 2):
         name = f"stage{stage}"
-        run_dir = out / name
         pseudo = []
         if stage > 1:
             pl = out / f"pseudo_round{stage - 1}.json"
             step = f"round{stage - 1}.pseudo"
             if not state.finished(step):
-                log.info("%s: pseudo-labelling %s with %s", step, cfg.unlabeled_features, ckpt)
-                pseudo_label_store(cfg.unlabeled_features, ckpt, pl, cfg.filter, progress=progress)
+                filt, why = pseudo_filter(cfg, state, out, progress)
+                log.info("%s: pseudo-labelling %s with %s (τ = %.4g%s)", step, cfg.unlabeled_features, ckpt,
+                         filt.threshold, "" if filt.ignore_threshold is None else
+                         f", ignore regions from {filt.ignore_threshold:.4g}")
+                pseudo_label_store(cfg.unlabeled_features, ckpt, pl, filt, progress=progress, provenance=why)
                 state.mark(step)
             pseudo_counts[step] = _pseudo_counts(pl)
+            if cfg.unlabeled_truth:
+                pseudo_counts[step]["quality"] = quality = pseudo_label_quality(pl, cfg.unlabeled_truth)
+                log.info("%s: pseudo-label precision %.3f, recall %.3f at tIoU 0.5 against %s", step,
+                         quality["precision@0.5"], quality["recall@0.5"], cfg.unlabeled_truth)
             pseudo = [pl]
-        step = f"{name}.train"
-        if not state.finished(step):
-            log.info("%s: training%s", step, f" on labels + {pseudo[0].name}" if pseudo else " on human labels")
-            train_stage(cfg, run_dir, pseudo, ckpt if stage > 1 else None, progress)
-            state.mark(step)
-        ckpt = run_dir / "last.pt"
-        if cfg.tests:
-            step = f"{name}.eval"
-            if not state.finished(step):
-                log.info("%s: evaluating %s", step, ckpt)
-                atomic_write_json(run_dir / "eval.json", evaluate_stage(ckpt, cfg, progress))
-                state.mark(step)
-            stages[name] = summarize(json.loads((run_dir / "eval.json").read_text()))
-        else:
-            stages[name] = {}
+        stages[name] = _train_and_evaluate(cfg, state, out / name, pseudo, ckpt if stage > 1 else None, progress)
+        ckpt = out / name / "last.pt"
+    if cfg.ceiling and cfg.rounds >= 1:
+        truth = out / "ceiling_labels.json"
+        if not truth.exists():
+            oracle_pseudo_labels(cfg.unlabeled_truth, out / "pseudo_round1.json", truth)
+        stages["ceiling"] = _train_and_evaluate(cfg, state, out / "ceiling", [truth], out / "stage1" / "last.pt",
+                                                progress)
     report = build_report(cfg, out, stages, pseudo_counts)
     write_report(report, out)
     return report
+
+
+def _train_and_evaluate(cfg, state, run_dir: Path, pseudo, init_from, progress) -> dict:
+    """One stage's training and evaluation steps; the stage's summary (empty without test sets)."""
+    name = run_dir.name
+    step = f"{name}.train"
+    if not state.finished(step):
+        log.info("%s: training%s", step, f" on labels + {pseudo[0].name}" if pseudo else " on human labels")
+        train_stage(cfg, run_dir, pseudo, init_from, progress)
+        state.mark(step)
+    if not cfg.tests:
+        return {}
+    step = f"{name}.eval"
+    if not state.finished(step):
+        log.info("%s: evaluating %s", step, run_dir / "last.pt")
+        atomic_write_json(run_dir / "eval.json", evaluate_stage(run_dir / "last.pt", cfg, progress))
+        state.mark(step)
+    return summarize(json.loads((run_dir / "eval.json").read_text()))
+
+
+def pseudo_filter(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: bool) -> tuple[FilterConfig, dict]:
+    """The pseudo-label filter and why its thresholds are what they are (recorded in the file's provenance).
+
+    With a threshold rule, the thresholds come from stage-1 recipe models cross-fitted on the labelled videos
+    (``OUT/thresholds/``, chosen once and reused by later rounds); else ``cfg.filter``'s fixed ones."""
+    if cfg.threshold_rule is None:
+        return cfg.filter, {"threshold_source": "fixed (--threshold)"}
+    from tal.crossfit import heldout_sample
+    from tal.thresholds import ThresholdError, choose_thresholds
+
+    path = out / "thresholds" / "choice.json"
+    if not state.finished("stage1.thresholds"):
+        rule = cfg.threshold_rule
+        try:
+            sample = heldout_sample(stage_run_config(cfg, later=False), stage_inputs(cfg), out / "thresholds",
+                                    cfg.filter, folds=rule.folds, alpha=rule.alpha, seed=cfg.seed, progress=progress)
+            choice = choose_thresholds(sample, rule)
+        except ThresholdError as e:
+            raise SelfTrainError(f"{out / 'thresholds'}: {e}") from None
+        if not choice["precision_reached"]:
+            log.warning("no threshold reaches precision %.2f on the held-out labelled videos (best %.3f): every "
+                        "unlabelled video keeps only its top-1 proposal", rule.precision,
+                        choice["at_threshold"]["precision"])
+        atomic_write_json(path, choice)
+        state.mark("stage1.thresholds")
+    choice = json.loads(path.read_text())
+    filt = replace(cfg.filter, threshold=choice["threshold"], ignore_threshold=choice.get("ignore_threshold"))
+    return filt, {"threshold_source": "chosen on held-out labelled videos (tal.thresholds)", "threshold_choice": choice}
+
+
+def oracle_pseudo_labels(truth_path, like, out) -> Path:
+    """The true segments of the videos of pseudo-label file ``like``, written as perfect pseudo-labels
+    (class-agnostic, score 1): stage 2 trained on them is the ceiling of self-training."""
+    from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation, load_annotations, write_official
+
+    truth = load_annotations(truth_path)
+    videos = {}
+    for vid in load_annotations(like).videos:
+        if vid not in truth.videos:
+            raise SelfTrainError(f"{truth_path}: holds no truth for unlabelled video {vid}")
+        v = truth.videos[vid]
+        videos[vid] = VideoAnnotation(vid, "training", v.duration, v.fps,
+                                      [Segment(s.start, s.end, "action", 1.0, True) for s in v.segments])
+    aset = AnnotationSet(videos, {"oracle": True, "source": str(truth_path), "videos": len(videos),
+                                  "segments": sum(len(v.segments) for v in videos.values())})
+    write_official(aset, out)
+    return Path(out)
 
 
 def _check_inputs(cfg: SelfTrainConfig) -> None:
@@ -267,7 +364,8 @@ def _pseudo_counts(path: Path) -> dict:
     from tal.data.annotations import read_json
 
     prov = read_json(path).get("provenance") or {}
-    return {k: prov.get(k) for k in ("videos", "segments", "fallback_videos", "empty_videos", "threshold")}
+    return {k: prov.get(k) for k in ("videos", "segments", "fallback_videos", "empty_videos", "threshold",
+                                     "ignore_threshold")}
 
 
 def _count_videos(paths) -> int:
@@ -285,7 +383,8 @@ def build_report(cfg: SelfTrainConfig, out: Path, stages: dict, pseudo_counts: d
         "simulated": cfg.simulated,
         "seed": cfg.seed,
         "rounds": cfg.rounds,
-        "threshold": cfg.filter.threshold,
+        "threshold": (pseudo_counts.get("round1.pseudo") or {}).get("threshold", cfg.filter.threshold),
+        "threshold_rule": None if cfg.threshold_rule is None else cfg.threshold_rule.to_dict(),
         "split": cfg.split,
         "tiou_thresholds": list(cfg.tiou),
         "counts": {"labeled_videos": _count_videos(cfg.labeled_features),
@@ -296,9 +395,23 @@ def build_report(cfg: SelfTrainConfig, out: Path, stages: dict, pseudo_counts: d
         "out": str(out),
         **stages,
     }
+    if "ceiling" in stages:
+        report["recovery"] = ceiling_recovery(report)
     if cfg.simulated:
         report["note"] = SIMULATED_NOTE
     return report
+
+
+def ceiling_recovery(report: dict) -> dict:
+    """Per protocol, how much of the ceiling's gain over stage 1 the last stage recovers:
+    (last − stage 1) / (ceiling − stage 1); nan where the ceiling does not beat stage 1."""
+    last = stage_names(report)[-1]
+    out = {}
+    for label, keys in PROTOCOL_ROWS:
+        s1, s2, top = (_lookup(report[n], keys) for n in ("stage1", last, "ceiling"))
+        if not any(math.isnan(v) for v in (s1, s2, top)):
+            out[label] = (s2 - s1) / (top - s1) if top > s1 else float("nan")
+    return out
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -321,20 +434,31 @@ def stage_names(report: dict) -> list[str]:
 
 
 def format_table(report: dict) -> str:
-    """Average mAP (%) per protocol (rows) and stage (columns), with the stage-2 minus stage-1 change."""
-    names = stage_names(report)
+    """Average mAP (%) per protocol (rows) and stage (columns), the stage-2 minus stage-1 change and, with a
+    ceiling, the ceiling and the share of its gain recovered; then the pseudo-labels' quality when known."""
+    names = stage_names(report) + (["ceiling"] if "ceiling" in report else [])
     rows = [(label, [_lookup(report[n], keys) for n in names]) for label, keys in PROTOCOL_ROWS]
     rows = [(label, vals) for label, vals in rows if not all(math.isnan(v) for v in vals)]
     if not rows:
         return "(no test set given: nothing evaluated)"
+    recovery = report.get("recovery", {})
     head = f"{'average mAP (%)':<22}" + "".join(f"{n:>10}" for n in names)
     head += f"{'Δ 2-1':>9}" if len(names) > 1 else ""
+    head += f"{'recovered':>11}" if recovery else ""
     lines = [head, "-" * len(head)]
     for label, vals in rows:
         line = f"{label:<22}" + "".join(f"{100 * v:>10.2f}" for v in vals)
         if len(vals) > 1:
             line += f"{100 * (vals[1] - vals[0]):>+9.2f}"
+        if recovery:
+            line += f"{100 * recovery.get(label, float('nan')):>10.0f}%"
         lines.append(line)
+    for step, details in report.get("counts", {}).get("pseudo_label_details", {}).items():
+        q = details.get("quality")
+        if q:
+            lines.append(f"{step}: {details.get('segments')} pseudo-labels at τ = {details.get('threshold'):.4g}, "
+                         f"precision {q['precision@0.5']:.3f}, recall {q['recall@0.5']:.3f} (tIoU 0.5, "
+                         "against the unlabelled videos' truth)")
     if report.get("simulated"):
         lines.append(SIMULATED_NOTE)
     return "\n".join(lines)

@@ -31,7 +31,7 @@ import numpy as np
 
 from features.cli_support import Command
 from tal.atomic import atomic_write_json
-from tal.pseudo import pseudo_label_store, refilter
+from tal.pseudo import pseudo_label_quality, pseudo_label_store, refilter
 from tal.selftrain import SIMULATED_NOTE, evaluate_stage, run_selftrain, summarize, train_stage
 
 log = logging.getLogger("tal.study")
@@ -46,33 +46,6 @@ def _get(summary: dict, keys) -> float:
     for k in keys:
         v = v[k]
     return float(v)
-
-
-def pseudo_label_quality(pl_path, gt_path, tiou=(0.3, 0.4, 0.5, 0.6, 0.7)) -> dict:
-    """How good are the pseudo-labels? Scored as agnostic detections against the web videos' hidden truth
-    (the simulation knows it; a real run would not): average mAP, and recall / precision at tIoU 0.5."""
-    from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation, load_annotations
-    from tal.eval.detection import evaluate_detection, tiou_matrix
-    from tal.eval.predictions import Detection
-
-    gt = load_annotations(gt_path)
-    pl = load_annotations(pl_path)
-    agnostic = AnnotationSet({vid: VideoAnnotation(vid, v.subset, v.duration, v.fps,
-                                                   [Segment(s.start, s.end, "action") for s in v.segments])
-                              for vid, v in gt.videos.items() if vid in pl.videos})
-    preds = {vid: [Detection("action", s.score if s.score is not None else 1.0, s.start, s.end)
-                   for s in v.segments] for vid, v in pl.videos.items()}
-    report = evaluate_detection(agnostic, preds, list(tiou))
-    hits_gt = hits_pl = n_gt = n_pl = 0
-    for vid, video in agnostic.videos.items():
-        g = np.array([[s.start, s.end] for s in video.segments]).reshape(-1, 2)
-        p = np.array([[d.start, d.end] for d in preds[vid]]).reshape(-1, 2)
-        n_gt, n_pl = n_gt + len(g), n_pl + len(p)
-        ok = tiou_matrix(g, p) >= 0.5  # [0, M] or [N, 0] when a side is empty: no hits
-        hits_gt += int(ok.any(axis=1).sum())
-        hits_pl += int(ok.any(axis=0).sum())
-    return {"average_mAP": float(report.average_mAP), "recall@0.5": hits_gt / max(n_gt, 1),
-            "precision@0.5": hits_pl / max(n_pl, 1), "pseudo_labels": n_pl, "true_actions": n_gt}
 
 
 def stage2_variant(base_cfg, out: Path, stage1: Path, pseudo_file: Path, progress: bool,

@@ -421,9 +421,10 @@ def train_step(net, model, ema, optimizer, scaler, batch, device, clip_grad: flo
     segs = [s.to(device) for s in batch["segments"]]
     labels = [lb.to(device) for lb in batch["labels"]]
     weights = [w.to(device) for w in batch["weights"]]
+    ignore = [r.to(device) for r in batch["ignore"]]
     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
         out = net(feats, masks)
-        losses = model.losses(out, segs, labels, weights)
+        losses = model.losses(out, segs, labels, weights, ignore)
     loss = losses["final_loss"]
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()

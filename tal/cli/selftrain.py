@@ -26,8 +26,19 @@ from tal.config import PRESETS
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (resumed if it exists).")
 @click.option("--rounds", default=1, show_default=True, type=click.IntRange(min=0),
               help="Pseudo-label/retrain rounds: 1 = stage 1 + stage 2.")
-@click.option("--threshold", default=0.05, show_default=True, type=click.FloatRange(0, 1),
-              help="Pseudo-label score threshold τ.")
+@click.option("--threshold", default=None, type=click.FloatRange(0, 1),
+              help="A fixed pseudo-label score threshold τ (default: chosen on held-out labelled videos, see "
+                   "--target-precision).")
+@click.option("--ignore-threshold", default=None, type=click.FloatRange(0, 1),
+              help="With --threshold: proposals scoring in [this, τ) become ignore regions.")
+@click.option("--target-precision", default=0.7, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="τ = the lowest score whose proposals reach this precision on held-out labelled videos "
+                   "(cross-fitted stage-1 models).")
+@click.option("--target-recall", default=0.9, show_default=True, type=click.FloatRange(0, 1),
+              help="Ignore regions: proposals between τ and the score whose proposals recall this share of the "
+                   "held-out instances; 0 disables ignore regions.")
+@click.option("--folds", default=2, show_default=True, type=click.IntRange(min=2),
+              help="Cross-fitting folds for choosing τ.")
 @click.option("--top-k", default=None, type=click.IntRange(min=1), help="At most K pseudo-labels per video.")
 @click.option("--dedup-iou", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True))
 @click.option("--min-duration", default=0.0, show_default=True, type=click.FloatRange(min=0))
@@ -43,8 +54,9 @@ from tal.config import PRESETS
 @click.option("--stage2-set", "later_overrides", multiple=True, metavar="KEY=VALUE",
               help="Override for stages >= 2 only, e.g. --stage2-set train.epochs=4 (repeatable).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--init", type=click.Choice(["ema", "finetune", "none"]), default="ema", show_default=True,
-              help="Stage >= 2 starts with: EMA from the previous stage (student fresh), fine-tuning, or nothing.")
+@click.option("--init", type=click.Choice(["none", "ema", "finetune"]), default="none", show_default=True,
+              help="Stage >= 2 starts from scratch (none), with the EMA from the previous stage and a fresh student "
+                   "(ema), or fine-tunes the previous stage (finetune).")
 @click.option("--pseudo-ratio", type=click.FloatRange(0, 1), default=None, help="Share of pseudo-labelled clips.")
 @click.option("--pseudo-weight", type=click.Choice(["score", "1"]), default=None)
 @click.option("--test-features", type=click.Path(exists=True), default=None,
@@ -55,16 +67,25 @@ from tal.config import PRESETS
 @click.option("--cross-annotations", type=click.Path(exists=True), default=None)
 @click.option("--test-subset", default=None, help="Annotation subset to score (default: every video in the store).")
 @click.option("--vocab", default=None, help="Vocabulary (class-name embeddings) of the test stores.")
+@click.option("--skip-missing", is_flag=True,
+              help="Score test sets even when more than 2 % of their annotated videos are not in the test store.")
+@click.option("--unlabeled-truth", type=click.Path(exists=True), default=None,
+              help="Analysis only: the unlabelled videos' true segments; prints pseudo-label precision/recall.")
+@click.option("--ceiling", is_flag=True,
+              help="With --unlabeled-truth: also train stage 2 on the true segments (same recipe) and report how "
+                   "much of its gain self-training recovers.")
 @click.option("--simulated", is_flag=True, help="Label every output as simulated data.")
 @click.option("--no-progress", is_flag=True)
-def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds, threshold, top_k, dedup_iou,
-         min_duration, split, classes, subset, prefer_store, preset, overrides, later_overrides, seed, init,
-         pseudo_ratio, pseudo_weight, test_features, test_annotations, cross_features, cross_annotations, test_subset,
-         vocab, simulated, no_progress):
+def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds, threshold, ignore_threshold,
+         target_precision, target_recall, folds, top_k, dedup_iou, min_duration, split, classes, subset, prefer_store,
+         preset, overrides, later_overrides, seed, init, pseudo_ratio, pseudo_weight, test_features, test_annotations,
+         cross_features, cross_annotations, test_subset, vocab, skip_missing, unlabeled_truth, ceiling, simulated,
+         no_progress):
     """Self-train a class-agnostic localizer on labelled + pseudo-labelled videos; prints the stage table."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from tal.pseudo import FilterConfig, PseudoLabelError
     from tal.selftrain import EvalSet, SelfTrainConfig, format_table, run_selftrain
+    from tal.thresholds import ThresholdError, ThresholdRule
 
     tests = []
     for feats, ann, cross, flag in ((test_features, test_annotations, False, "--test"),
@@ -73,16 +94,21 @@ def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds,
             raise click.BadParameter(f"{flag}-features and {flag}-annotations go together")
         if feats:
             tests.append(EvalSet(feats, ann, cross_domain=cross, subset=test_subset))
+    if ignore_threshold is not None and threshold is None:
+        raise click.BadParameter("--ignore-threshold goes with a fixed --threshold")
     try:
-        filt = FilterConfig(threshold=threshold, top_k=top_k, dedup_iou=None if dedup_iou >= 1 else dedup_iou,
-                            min_duration=min_duration)
-    except PseudoLabelError as e:
+        filt = FilterConfig(threshold=0.0 if threshold is None else threshold, top_k=top_k,
+                            dedup_iou=None if dedup_iou >= 1 else dedup_iou, min_duration=min_duration,
+                            ignore_threshold=ignore_threshold)
+        rule = None if threshold is not None else ThresholdRule(target_precision, target_recall or None, folds=folds)
+    except (PseudoLabelError, ThresholdError) as e:
         raise click.BadParameter(str(e)) from None
     cfg = SelfTrainConfig(list(labeled_features), list(labeled_annotations), unlabeled_features, rounds=rounds,
-                          filter=filt, split=split, classes=classes, subset=subset, preset=preset,
-                          overrides=list(overrides), later_overrides=list(later_overrides), seed=seed, init=init,
-                          pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, tests=tests, vocab=vocab,
-                          simulated=simulated, prefer_store=prefer_store)
+                          filter=filt, threshold_rule=rule, split=split, classes=classes, subset=subset,
+                          preset=preset, overrides=list(overrides), later_overrides=list(later_overrides), seed=seed,
+                          init=init, pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, tests=tests, vocab=vocab,
+                          simulated=simulated, prefer_store=prefer_store, skip_missing=skip_missing,
+                          unlabeled_truth=unlabeled_truth, ceiling=ceiling)
     report = run_selftrain(cfg, out, progress=not no_progress)
     click.echo(format_table(report))
     click.echo(f"{out}/report.json")

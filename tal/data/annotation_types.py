@@ -66,6 +66,9 @@ class VideoAnnotation:
     duration: float
     fps: float | None
     segments: list[Segment]
+    # Regions whose labels are unknown (pseudo-labels: proposals stage 1 was unsure of): (start, end, score);
+    # training neither rewards nor penalises detections there.
+    ignore: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -88,7 +91,8 @@ class AnnotationSet:
     def restrict_classes(self, labels) -> "AnnotationSet":
         keep = set(labels)
         videos = {
-            k: VideoAnnotation(v.video_id, v.subset, v.duration, v.fps, [s for s in v.segments if s.label in keep])
+            k: VideoAnnotation(v.video_id, v.subset, v.duration, v.fps, [s for s in v.segments if s.label in keep],
+                               list(v.ignore))
             for k, v in self.videos.items()
         }
         return AnnotationSet(videos, dict(self.provenance))
@@ -228,6 +232,21 @@ class AnnotationBuilder:
             if not isinstance(ann, dict) or "segment" not in ann or "label" not in ann:
                 raise AnnotationError(f"{self.where(video_id, f'annotations[{i}]')}: needs 'segment' and 'label'")
             self.add_segment(video, ann["segment"], ann["label"], ann.get("score"), ann.get("pseudo", False), i)
+
+    def add_ignore_list(self, video: VideoAnnotation | None, video_id: str, regions) -> None:
+        """A pseudo-label file's ``ignore: [[start, end, score], ...]`` of one video."""
+        if video is None:
+            return
+        if not isinstance(regions, list):
+            raise AnnotationError(f"{self.where(video_id, 'ignore')}: expected a list of [start, end, score]")
+        for i, r in enumerate(regions):
+            where = self.where(video_id, f"ignore[{i}]")
+            if not isinstance(r, (list, tuple)) or len(r) != 3:
+                raise AnnotationError(f"{where}: expected [start, end, score], got {r!r}")
+            start, end, score = (to_float(v, where) for v in r)
+            if start < 0 or end < start:
+                raise AnnotationError(f"{where}: bad region [{start}, {end}]")
+            video.ignore.append((start, end, score))
 
     def finish(self, fmt: str, provenance: dict | None = None) -> AnnotationSet:
         if self.clipped:

@@ -95,6 +95,8 @@ def to_official(aset: AnnotationSet) -> dict:
                 ann["pseudo"] = True
             annotations.append(ann)
         entry["annotations"] = annotations
+        if video.ignore:
+            entry["ignore"] = [list(r) for r in video.ignore]
         database[vid] = entry
     out = {"version": "stovtal", "taxonomy": [{"nodeName": c} for c in aset.classes], "database": database}
     extra = {k: v for k, v in aset.provenance.items() if k not in ("source", "format")}

@@ -30,6 +30,6 @@ class PadCollate:
             feats[b, :, :n] = it["feats"]
             masks[b, :n] = True
         batch = {"feats": feats, "masks": masks, "lengths": torch.tensor(lengths)}
-        for key in ("video_id", "segments", "labels", "weights", "grid", "duration", "pseudo"):
+        for key in ("video_id", "segments", "labels", "weights", "ignore", "grid", "duration", "pseudo"):
             batch[key] = [it[key] for it in items]
         return batch

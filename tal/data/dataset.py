@@ -43,6 +43,7 @@ class VideoRecord:
     segments: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float64))  # [N, 2] seconds
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    ignore: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float64))  # [M, 2] seconds, unknown
     pseudo: bool = False
 
 
@@ -165,6 +166,7 @@ def build_records(stores: StoreSet, aset, *, source: str, mode: str, classes: li
             rec.weights = np.array([1.0 if s.score is None else float(s.score) for s in segs], np.float32)
         else:
             rec.weights = np.ones(len(segs), np.float32)
+        rec.ignore = np.array([[a, b] for a, b, _ in video.ignore], np.float64).reshape(-1, 2)
         rec.pseudo = pseudo
         records.append(rec)
     if empty:
@@ -261,28 +263,28 @@ class FeatureDataset(Dataset):
         rows = self.read_rows(rec)
         feats = torch.from_numpy(np.ascontiguousarray(rows.T))  # [D, T]
         grid = rec.grid
-        segments = grid.to_grid(rec.segments) if len(rec.segments) else np.zeros((0, 2))
         labels, weights = rec.labels, rec.weights
-        if self.resize_len:
+        if self.resize_len and feats.shape[1] != self.resize_len:
             t = feats.shape[1]
-            if t != self.resize_len:
-                feats = F.interpolate(feats[None], size=self.resize_len, mode="linear", align_corners=False)[0]
-                grid = grid.resized(t, self.resize_len)
-                segments = grid.to_grid(rec.segments) if len(rec.segments) else segments
-        elif self.training:
-            feats, segments, labels, weights = self._crop(feats, segments, labels, weights)
+            feats = F.interpolate(feats[None], size=self.resize_len, mode="linear", align_corners=False)[0]
+            grid = grid.resized(t, self.resize_len)
+        segments = grid.to_grid(rec.segments).reshape(-1, 2)
+        ignore = grid.to_grid(rec.ignore).reshape(-1, 2)
+        if self.training and not self.resize_len:
+            feats, segments, labels, weights, ignore = self._crop(feats, segments, labels, weights, ignore)
         return {
             "video_id": rec.video_id,
             "feats": feats.contiguous(),
             "segments": torch.as_tensor(segments, dtype=torch.float32).reshape(-1, 2),
             "labels": torch.as_tensor(labels, dtype=torch.long),
             "weights": torch.as_tensor(weights, dtype=torch.float32),
+            "ignore": torch.as_tensor(ignore, dtype=torch.float32).reshape(-1, 2),
             "grid": grid,
             "duration": rec.duration,
             "pseudo": rec.pseudo,
         }
 
-    def _crop(self, feats, segments, labels, weights):
+    def _crop(self, feats, segments, labels, weights, ignore):
         # torch's RNG is seeded per DataLoader worker (and restored on resume); derive a numpy generator from it.
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
         t = feats.shape[1]
@@ -291,7 +293,9 @@ class FeatureDataset(Dataset):
             lo = max(round(self.crop_ratio[0] * t), 1)
             crop_len = int(rng.integers(lo, max(lo, round(self.crop_ratio[1] * t)) + 1))
         if crop_len >= t:
-            return feats, segments, labels, weights
+            return feats, segments, labels, weights, ignore
         start = crop_window(t, segments, crop_len, rng)
         segments, labels, weights = crop_segments(segments, labels, weights, start, crop_len, self.trunc_thresh)
-        return feats[:, start:start + crop_len], segments, labels, weights
+        # an unknown region stays unknown however little of it the crop keeps
+        ignore, _, _ = crop_segments(ignore, np.zeros(len(ignore)), np.zeros(len(ignore)), start, crop_len, 0.0)
+        return feats[:, start:start + crop_len], segments, labels, weights, ignore

@@ -70,13 +70,17 @@ class ActionFormer(nn.Module):
         }
 
     # --- training ------------------------------------------------------------------------------------------
-    def losses(self, out: dict, gt_segments, gt_labels, gt_weights=None) -> dict:
+    def losses(self, out: dict, gt_segments, gt_labels, gt_weights=None, gt_ignore=None) -> dict:
         """Focal + DIoU losses, normalised by an EMA of the number of positive points (updated in training).
 
-        gt_segments / gt_labels / gt_weights: one tensor per video ([N, 2] grid units, [N] long, [N] float)."""
+        gt_segments / gt_labels / gt_weights: one tensor per video ([N, 2] grid units, [N] long, [N] float).
+        gt_ignore: per video [M, 2] regions of unknown label (grid units): points of any level inside one are
+        left out of the classification loss unless they are positives (as detectors treat "don't care"
+        regions: neither action nor background)."""
         cfg = self.cfg
         B = out["cls_logits"].shape[0]
-        if len(gt_segments) != B or len(gt_labels) != B or (gt_weights is not None and len(gt_weights) != B):
+        if len(gt_segments) != B or len(gt_labels) != B or (gt_weights is not None and len(gt_weights) != B) \
+                or (gt_ignore is not None and len(gt_ignore) != B):
             raise ValueError(f"losses() needs one ground-truth entry per video ({B})")
         targets = [
             assign_targets(out["points"], gt_segments[b], gt_labels[b], cfg.num_classes,
@@ -88,6 +92,11 @@ class ActionFormer(nn.Module):
         pos = torch.stack([t.positive for t in targets]) & out["mask"]
         weights = torch.stack([t.weights for t in targets])
         valid = out["mask"]
+        if gt_ignore is not None:
+            t = out["points"][:, 0]
+            unknown = torch.stack([((t[:, None] > r[None, :, 0]) & (t[:, None] < r[None, :, 1])).any(1)
+                                   for r in gt_ignore])
+            valid = valid & ~(unknown & ~pos)
 
         num_pos = pos.sum().item()
         if self.training:

@@ -4,7 +4,8 @@ A row is the L2-normalised sum of
   background  = global image direction + domain centre + video scene (partly redrawn at each shot cut)
                 + correlated noise (white per frame, averaged over the window's frames; fast and slow AR(1))
   actions     = sum over instances of strength * w(t) * content(t)
-  distractors = the same for look-alike background, with weaker strength and no generic-motion component
+  distractors = the same for look-alike background, without the generic component (and, of the "context" kind,
+                without the class prototype)
 where w(t) is a soft box (product of two logistic ramps, 0.5 at the true boundary) and content(t) mixes the
 generic action direction, the family, the class prototype (moving from its build-up to its main phase), the
 instance's own look and fast motion noise.  The plan is drawn from its own random stream, so annotations can
@@ -71,7 +72,7 @@ def plan_video(world: World, domain: str, allowed: np.ndarray, video_id: str, rn
         n_cls = 2 if (len(allowed) > 1 and rng.random() < dom.p_two_classes) else 1
         plan.classes = [int(c) for c in rng.choice(allowed, size=n_cls, replace=False)]
         plan.instances = place_instances(world, dom, plan.classes, duration, rng)
-    plan.distractors = place_distractors(dom, plan, allowed, rng)
+    plan.distractors = place_distractors(world, dom, plan, allowed, rng)
     plan.labels = [jitter_label(ev, dom.boundary_jitter_s, duration, rng) for ev in plan.instances]
     return plan
 
@@ -91,8 +92,7 @@ def place_instances(world: World, dom: DomainConfig, classes: list[int], duratio
     labels, lengths = [], []
     while not lengths or sum(lengths) < target:
         k = int(rng.choice(classes))
-        med = world.class_median_s[k] * dom.length_scale
-        length = float(np.clip(med * np.exp(rng.normal(0.0, dom.length_log_std)), cfg.min_length_s, cfg.max_length_s))
+        length = instance_length(world, dom, k, rng)
         labels.append(k)
         lengths.append(length)
     # Drop instances that cannot fit with the minimum gaps; shrink a lone instance that is too long.
@@ -111,28 +111,47 @@ def place_instances(world: World, dom: DomainConfig, classes: list[int], duratio
     return events
 
 
-def place_distractors(dom: DomainConfig, plan: VideoPlan, allowed: np.ndarray, rng: np.random.Generator
-                      ) -> list[Event]:
+def instance_length(world: World, dom: DomainConfig, k: int, rng: np.random.Generator) -> float:
+    """Log-normal around class k's median (scaled for the domain), clipped to the world's length range."""
+    cfg = world.cfg
+    med = world.class_median_s[k] * dom.length_scale
+    return float(np.clip(med * np.exp(rng.normal(0.0, dom.length_log_std)), cfg.min_length_s, cfg.max_length_s))
+
+
+def place_distractors(world: World, dom: DomainConfig, plan: VideoPlan, allowed: np.ndarray,
+                      rng: np.random.Generator) -> list[Event]:
     """Look-alike background in the gaps between instances (1 s margin): mostly the video's own classes,
-    otherwise any class of the split (so a base-only split holds no novel content at all)."""
+    otherwise any class of the split (so a base-only split holds no novel content at all). Lengths are
+    uniform in ``distractor_length_range_s``, or drawn like the class's instances."""
     n = int(rng.poisson(dom.distractor_rate_per_min * plan.duration / 60.0))
+    if not len(allowed):
+        return []
     busy = [(e.start - 1.0, e.end + 1.0) for e in plan.instances]
     out = []
     for _ in range(n):
-        length = float(rng.uniform(*dom.distractor_length_range_s))
+        if dom.distractor_lengths_like_actions:  # the class first: the length follows it
+            k = _distractor_class(plan, allowed, rng)
+            length = instance_length(world, dom, k, rng)
+        else:
+            length = float(rng.uniform(*dom.distractor_length_range_s))
         free = free_intervals(busy, plan.duration, length)
         if not free:
+            if dom.distractor_lengths_like_actions:
+                continue  # a shorter one may still fit
             break
         a, b = free[int(rng.integers(len(free)))]
         start = float(rng.uniform(a, b - length))
-        if not len(allowed):
-            break
-        own = plan.classes and rng.random() < 0.7
-        k = int(rng.choice(plan.classes)) if own else int(rng.choice(allowed))
+        if not dom.distractor_lengths_like_actions:
+            k = _distractor_class(plan, allowed, rng)
         out.append(Event(start, start + length, k, float(rng.uniform(*dom.distractor_strength_range)),
                          float(rng.uniform(*dom.ramp_range_s))))
         busy.append((start - 1.0, start + length + 1.0))
     return out
+
+
+def _distractor_class(plan: VideoPlan, allowed: np.ndarray, rng: np.random.Generator) -> int:
+    own = plan.classes and rng.random() < 0.7
+    return int(rng.choice(plan.classes)) if own else int(rng.choice(allowed))
 
 
 def free_intervals(busy: list[tuple[float, float]], duration: float, length: float) -> list[tuple[float, float]]:
@@ -222,14 +241,17 @@ def render_rows(world: World, plan: VideoPlan, rng: np.random.Generator) -> np.n
     for ev, look in zip(plan.instances, looks):
         add_event(world, x, t, ev, look, motion, generic=True)
     for ev, look in zip(plan.distractors, looks[len(plan.instances):]):
-        add_event(world, x, t, ev, look, motion, generic=False)
+        add_event(world, x, t, ev, look, motion, generic=False, with_class=cfg.distractor_content == "class")
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x
 
 
 def add_event(world: World, x: np.ndarray, t: np.ndarray, ev: Event, look: np.ndarray, motion: np.ndarray,
-              generic: bool) -> None:
-    """Mix one event's content into the rows it touches (its soft box is < 1e-4 beyond 4 ramps)."""
+              generic: bool, with_class: bool = True) -> None:
+    """Mix one event's content into the rows it touches (its soft box is < 1e-4 beyond 4 ramps).
+
+    ``generic``: with the generic action component (instances); ``with_class``: with the class prototype
+    (instances, and look-alike background of the "class" kind)."""
     cfg = world.cfg
     rows = np.flatnonzero((t > ev.start - 4 * ev.ramp_s) & (t < ev.end + 4 * ev.ramp_s))
     if not len(rows):
@@ -242,7 +264,8 @@ def add_event(world: World, x: np.ndarray, t: np.ndarray, ev: Event, look: np.nd
     proto = world.prototypes[ev.cls]
     cls_part = (1 - phi)[:, None] * proto[0] + phi[:, None] * proto[1]
     cls_part /= np.linalg.norm(cls_part, axis=1, keepdims=True)
-    shares = np.array([cfg.generic_share if generic else 0.0, cfg.family_share, cfg.class_share,
+    shares = np.array([cfg.generic_share if generic else 0.0, cfg.family_share,
+                       cfg.class_share if with_class else 0.0,
                        cfg.instance_share, cfg.dynamics_share])
     a = np.sqrt(shares / shares.sum())
     content = (a[0] * world.generic + a[1] * world.families[world.family_of[ev.cls]] + a[2] * cls_part

@@ -22,3 +22,5 @@ def read(builder: AnnotationBuilder, data, require_fps: bool = False) -> None:
                 raise AnnotationError(f"{builder.where(vid, key)}: missing")
         video = builder.add_video(vid, entry["subset"], entry.get("duration"), entry.get("fps"))
         builder.add_segment_list(video, vid, entry["annotations"])
+        if "ignore" in entry:
+            builder.add_ignore_list(video, vid, entry["ignore"])

@@ -1,0 +1,89 @@
+"""Held-out evidence for the pseudo-label thresholds by cross-fitting (see :mod:`tal.thresholds`).
+
+The labelled videos (those with segments of the training classes) are dealt into K folds by a seeded
+permutation. Fold k's model is trained by the stage-1 recipe on the other folds (``OUT/fold<k>/``, resumable
+like any run) and proposes actions on fold k; the proposals go through the pseudo-label filters (clip,
+minimum duration, duplicates; no threshold) and are matched to fold k's instances, class-agnostically.
+Each fold's sample is cached (``OUT/fold<k>/heldout.json``), so a rerun only redoes what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from tal.atomic import atomic_write_json
+from tal.data.annotations import AnnotationSet, write_official
+from tal.thresholds import ScoreSample, ThresholdError, match_proposals
+
+log = logging.getLogger("tal.crossfit")
+
+
+def labelled_videos(inputs) -> AnnotationSet:
+    """The human-labelled training videos as training sees them: the subset, the split's training classes,
+    videos with at least one segment. Video ids must be unique across the annotation files."""
+    from tal.train import _load_human, _split_classes
+
+    keep = _split_classes(inputs)
+    videos = {}
+    for path, aset in _load_human(inputs, inputs.subset):
+        if keep is not None:
+            aset = aset.restrict_classes(keep)
+        for vid, video in aset.videos.items():
+            if not video.segments:
+                continue
+            if vid in videos:
+                raise ThresholdError(f"{path}: video {vid} is labelled in two annotation files")
+            videos[vid] = video
+    return AnnotationSet(videos)
+
+
+def fold_assignment(video_ids: list[str], folds: int, seed: int) -> list[list[str]]:
+    if len(video_ids) < folds:
+        raise ThresholdError(f"cross-fitting {folds} folds needs at least {folds} labelled videos, "
+                             f"got {len(video_ids)}")
+    order = np.random.default_rng(seed).permutation(len(video_ids))
+    return [sorted(video_ids[i] for i in order[k::folds]) for k in range(folds)]
+
+
+def heldout_sample(run_cfg, inputs, out_dir, filter_cfg, *, folds: int = 2, alpha: float = 0.5, seed: int = 0,
+                   progress: bool = True) -> ScoreSample:
+    """Train the fold models (or reuse them) and return the held-out (score, hit) sample of all folds."""
+    from tal.pseudo import filter_proposals
+    from tal.infer import iter_detections
+    from tal.train import train
+
+    out_dir = Path(out_dir)
+    labelled = labelled_videos(inputs)
+    assignment = fold_assignment(sorted(labelled.videos), folds, seed)
+    samples = []
+    for k, heldout in enumerate(assignment):
+        fold_dir = out_dir / f"fold{k}"
+        cached = fold_dir / "heldout.json"
+        if cached.exists():
+            samples.append(ScoreSample.from_dict(json.loads(cached.read_text())))
+            continue
+        train_ids = [v for j, part in enumerate(assignment) if j != k for v in part]
+        ann = fold_dir / "train.json"
+        write_official(labelled.restrict_videos(train_ids), ann)
+        fold_inputs = dataclasses.replace(inputs, annotations=[str(ann)], pseudo=[])
+        log.info("cross-fitting fold %d/%d: training on %d labelled videos, holding out %d", k + 1, folds,
+                 len(train_ids), len(heldout))
+        ckpt = train(run_cfg, fold_inputs, fold_dir, resume=True, progress=progress)
+        proposals = {}
+        for vid, dets in iter_detections(inputs.features, ckpt, heldout, batch_size=8):
+            video = labelled.videos[vid]
+            duration = video.duration if np.isfinite(video.duration) else max((d.end for d in dets), default=0.0)
+            segs = np.array([[d.start, d.end] for d in dets], np.float64).reshape(-1, 2)
+            result = filter_proposals(segs, [d.score for d in dets], duration,
+                                      dataclasses.replace(filter_cfg, threshold=0.0, ignore_threshold=None))
+            proposals[vid] = (result.segments, result.scores)
+        instances = {vid: [[s.start, s.end] for s in labelled.videos[vid].segments] for vid in heldout}
+        sample = match_proposals(instances, proposals, alpha)
+        atomic_write_json(cached, sample.to_dict())
+        samples.append(sample)
+    return ScoreSample.concat(samples)
