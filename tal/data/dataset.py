@@ -137,12 +137,14 @@ def _record(stores: StoreSet, store_index: int, vid: str, fallback_duration: flo
 
 def build_records(stores: StoreSet, aset, *, source: str, mode: str, classes: list[str] | None,
                   pseudo: bool = False, pseudo_weight: str = "score", skip_missing: bool = False,
-                  drop_empty: bool = True) -> list[VideoRecord]:
+                  drop_empty: bool | None = None) -> list[VideoRecord]:
     """Training records for one annotation set.
 
     ``mode='closed'``: label ids index ``classes``; ``mode='agnostic'``: every label is class 0. Pseudo-labels are
     class-agnostic whatever the mode, weighted by their score (``pseudo_weight='score'``) or 1.
     """
+    if drop_empty is None:  # human labels: a video without them is not part of the split; a pseudo-labelled
+        drop_empty = not pseudo  # video without actions is background to learn from
     where = locate_videos(stores, list(aset.videos), source, skip_missing)
     index = {c: i for i, c in enumerate(classes or [])}
     records, empty = [], 0
