@@ -25,37 +25,33 @@ from features.cli_support import Command
 log = logging.getLogger("tal.demo")
 
 DEMO_PRESET = "small"
-# Stage 2 sees 4x more videos per epoch (labelled + web), so it runs 4 epochs (~260 iterations): about stage
-# 1's 14 epochs over the labelled videos alone.
-DEMO_STAGE2_OVERRIDES = ["train.epochs=3", "train.warmup_epochs=1"]
 
 
-def simulate(data_dir: Path, seed: int, counts: dict | None = None, progress: bool = True) -> dict:
+def simulate(data_dir: Path, seed: int, counts: dict | None = None, progress: bool = True,
+             regime: str = "specific") -> dict:
     """Write (or finish) the simulated benchmark; returns tal.sim's paths by role."""
     from tal.sim import preset, write_benchmark
 
-    sim_cfg, default = preset(DEMO_PRESET, seed)
+    sim_cfg, default = preset(DEMO_PRESET, seed, regime)
     n = {"curated_train": default.curated_train, "web": default.web, "curated_test": default.curated_test,
          "web_test": default.web_test, **(counts or {})}
     return write_benchmark(data_dir, sim_cfg, n_curated_train=n["curated_train"], n_web_unlabeled=n["web"],
                            n_curated_test=n["curated_test"], n_web_test=n["web_test"], progress=progress)
 
 
-def selftrain_config(paths: dict, seed: int, *, threshold: float = 0.05, overrides=(), rounds: int = 1,
-                     unlabeled: str | None = None):
-    from tal.pseudo import FilterConfig
-    from tal.selftrain import SelfTrainConfig, EvalSet
+def selftrain_config(paths: dict, seed: int, *, overrides=(), rounds: int = 1):
+    """tal-selftrain's defaults on the simulated benchmark, with the web videos' truth for analysis only."""
+    from tal.selftrain import EvalSet, SelfTrainConfig
     from tal.sim import VOCABULARY
 
     return SelfTrainConfig(
         labeled_features=[str(paths["curated_train_store"])],
         labeled_annotations=[str(paths["curated_train_annotations"])],
-        unlabeled_features=str(unlabeled or paths["web_store"]), rounds=rounds,
-        filter=FilterConfig(threshold=threshold), split=str(paths["split"]), classes="base", preset=DEMO_PRESET,
-        overrides=list(overrides), later_overrides=list(DEMO_STAGE2_OVERRIDES), seed=seed,
+        unlabeled_features=str(paths["web_store"]), rounds=rounds, split=str(paths["split"]), classes="base",
+        preset=DEMO_PRESET, overrides=list(overrides), seed=seed,
         tests=[EvalSet(str(paths["curated_test_store"]), str(paths["curated_test_annotations"])),
                EvalSet(str(paths["web_test_store"]), str(paths["web_test_annotations"]), cross_domain=True)],
-        vocab=VOCABULARY, simulated=True)
+        vocab=VOCABULARY, simulated=True, unlabeled_truth=str(paths["web_annotations"]))
 
 
 def run_demo(out, seed: int = 0, *, progress: bool = True, overrides=(), counts: dict | None = None) -> dict:

@@ -127,7 +127,8 @@ class RunState:
         if settings.exists():
             found = _comparable(json.loads(settings.read_text()))
             if found != wanted:
-                diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+                diff = sorted(k for k in set(found) | set(wanted)
+                              if k not in found or k not in wanted or found[k] != wanted[k])
                 raise SelfTrainError(f"{self.out} was started with other settings ({', '.join(diff)}); "
                                      "rerun with the same options or choose another --out")
         else:

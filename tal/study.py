@@ -1,28 +1,36 @@
-"""`make study`: the self-training study on the SIMULATED benchmark (no time limit; reports its run time).
+"""`make study`: the self-training study on the SIMULATED benchmark — ceiling recovery, ablations, scaling, τ.
 
-    python -m tal.study --out study_out [--seeds 0,1,2] [--scale 0,250,1000,4000] [--taus 0.01,0.05,0.1,0.2,0.4]
+    python -m tal.study --out study_out --jobs 2 [--seeds 0,1,2] [--regime specific]
 
-1. For each seed: the demo's setting (tal.sim preset ``small``) — stage 2 against stage 1 on novel mAP
-   (generalized and novel-only), base mAP and cross-domain mAP; mean ± std over the seeds.
-2. Scaling (first seed): novel mAP of stage 2 trained with the first N unlabelled web videos, N over
-   ``--scale`` (N = 0 is stage 1). Stage 1 and its pseudo-labels are shared; only stage 2 is retrained.
-3. τ sweep (first seed, ``--sweep-videos`` web videos): stage 2 with pseudo-labels filtered at each τ; the
-   model is run once at the smallest τ and the file re-filtered (exact, see ``tal.pseudo.refilter``).
-4. Ceilings (every seed): what self-training could give at best on this simulation — stage 2 trained on
-   *perfect* pseudo-labels (the web videos' hidden truth, same videos and compute), and a stage 1 trained with
-   human labels for every class, novel ones included (a new simulated curated set of the same size).
+Per seed (``tal.sim`` preset ``small``, regime ``--regime``: 120 labelled curated videos with base classes,
+400 unlabelled web videos, curated and web test videos):
 
-Stage 2 trains for the same number of iterations whatever N (the preset's epochs over labelled +
-``--budget-videos`` clips) and with the same labelled : pseudo mix (that of ``--budget-videos`` web videos), so
-the scaling curve measures more unlabelled videos at fixed compute and mix. Everything resumes, and
-each seed's part can run in its own process (``--only-seed S``) before the plain command collects them.
-Writes ``study.json``, ``study.txt`` and ``study_*.png``; every figure is labelled SIMULATED.
+1. ``main``: ``tal-selftrain`` with its defaults, plus its ceiling — stage 2 by the same recipe on the web
+   videos' true segments. The headline: per protocol, the share of the ceiling's gain over stage 1 that
+   stage 2 recovers, ``(stage 2 − stage 1) / (ceiling − stage 1)``, mean ± std over seeds; the pseudo-labels'
+   precision and recall against the truth; and stage 1's generalized novel / base mAP ratio, the figure the
+   regime is calibrated to (real THUMOS14 ≈ 0.4).
+2. ``ablations``: the defaults with one thing changed each (:data:`ABLATIONS`), from the same stage 1.
+
+On the first seed only:
+
+3. ``scaling``: stage 2 with the first N unlabelled videos of a larger web store (N over ``--scale``), at the
+   main run's compute and labelled : pseudo mix, so that only the number of distinct web videos changes;
+4. ``τ sweep``: stage 2 on pseudo-labels at fixed thresholds (``--taus``) beside the chosen one.
+
+Every part is a resumable task writing ``result.json`` in its folder; ``--jobs N`` runs N tasks at a time, one
+process each (logs in ``OUT/logs/``), in three waves (main runs; ablations and the shared pseudo-label files;
+scaling and τ variants). The plain command collects what is finished into ``study.json``, ``study.txt`` and
+``study_*.png``; every figure is labelled SIMULATED.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
+import shutil
 import time
 from pathlib import Path
 
@@ -30,233 +38,451 @@ import click
 import numpy as np
 
 from features.cli_support import Command
+from features.errors import StovtalError
 from tal.atomic import atomic_write_json
-from tal.pseudo import pseudo_label_quality, pseudo_label_store, refilter
-from tal.selftrain import SIMULATED_NOTE, evaluate_stage, run_selftrain, summarize, train_stage
+from tal.selftrain import SIMULATED_NOTE, PROTOCOL_ROWS, SelfTrainConfig, _lookup
 
 log = logging.getLogger("tal.study")
 
+# One setting changed from tal-selftrain's defaults each; "rule.*" changes the threshold rule.
+ABLATIONS = {
+    "init-ema": ({"init": "ema"}, "stage 2: EMA from stage 1 and a fresh student (the former default)"),
+    "init-finetune": ({"init": "finetune", "later_overrides": ["train.lr=1e-4"]},
+                      "stage 2 fine-tunes stage 1's EMA weights at lr 1e-4 (the seed paper's)"),
+    "tau-0.05": ({"threshold_rule": None, "filter.threshold": 0.05},
+                 "fixed τ = 0.05, no ignore regions (the former default)"),
+    "precision-0.5": ({"rule.precision": 0.5}, "τ for held-out precision 0.5"),
+    "precision-0.85": ({"rule.precision": 0.85}, "τ for held-out precision 0.85"),
+    "no-ignore": ({"rule.recall": None}, "no ignore regions: below τ is background"),
+    "weight-1": ({"pseudo_weight": "1"}, "pseudo-labels weigh 1 in the loss, not their score"),
+    "ratio-0.5": ({"pseudo_ratio": 0.5}, "half the clips pseudo-labelled (natural share: 77 %)"),
+    "rounds-2": ({"rounds": 2}, "a second round: stage 2 pseudo-labels, stage 3 trains"),
+    "in-domain": ({"unlabeled": "curated"}, "unlabelled videos from the labelled (curated) domain, not the web"),
+}
+CEILING_ABLATIONS = ("init-ema", "init-finetune", "in-domain")  # another recipe or data: its own ceiling
 HEADLINES = [("novel (generalized)", ("generalized", "novel")), ("novel-only", ("novel_only",)),
              ("base (generalized)", ("generalized", "base")), ("all (generalized)", ("generalized", "all")),
              ("cross-domain (web)", ("cross_domain",))]
+SHARED_STEPS = ("stage1.train", "stage1.eval")
 
 
-def _get(summary: dict, keys) -> float:
-    v = summary
-    for k in keys:
-        v = v[k]
-    return float(v)
+class StudyError(StovtalError):
+    """A study that cannot run or continue (other settings in --out, a failed task); one line."""
 
 
-def stage2_variant(base_cfg, out: Path, stage1: Path, pseudo_file: Path, progress: bool,
-                   fixed: tuple[float, int] | None = None) -> dict:
-    """Train + evaluate one stage-2 variant (resumable: skipped when its eval.json exists). ``fixed`` =
-    (pseudo-labelled fraction, clips per epoch) pins the mix and the compute to the main comparison's."""
-    import json
+# --------------------------------------------------------------------------------------------- settings
+@dataclasses.dataclass
+class StudySettings:
+    seeds: list
+    regime: str = "specific"
+    ablations: list = dataclasses.field(default_factory=lambda: list(ABLATIONS))
+    scale: list = dataclasses.field(default_factory=lambda: [0, 100, 400, 1600])
+    taus: list = dataclasses.field(default_factory=lambda: [0.05, 0.2, 0.4])
+    overrides: list = dataclasses.field(default_factory=list)  # tal-train --set items, every stage
+    counts: dict = dataclasses.field(default_factory=dict)  # other simulated sizes (smoke runs)
 
-    eval_path = out / "eval.json"
+    def check(self) -> None:
+        unknown = sorted(set(self.ablations) - set(ABLATIONS))
+        if unknown:
+            raise click.BadParameter(f"unknown ablation(s) {', '.join(unknown)} (one of {', '.join(ABLATIONS)})",
+                                     param_hint="--ablations")
+        if not self.seeds:
+            raise click.BadParameter("give at least one seed", param_hint="--seeds")
+
+
+def data_paths(out: Path, seed: int, settings: StudySettings, progress: bool) -> dict:
+    from tal.demo import simulate
+
+    return simulate(out / f"data_seed{seed}", seed, settings.counts, progress, regime=settings.regime)
+
+
+def main_config(paths: dict, seed: int, settings: StudySettings) -> SelfTrainConfig:
+    from tal.demo import selftrain_config
+
+    cfg = selftrain_config(paths, seed, overrides=settings.overrides)
+    return dataclasses.replace(cfg, ceiling=True)
+
+
+def ablation_config(cfg: SelfTrainConfig, name: str) -> SelfTrainConfig:
+    changes, _ = ABLATIONS[name]
+    cfg = dataclasses.replace(cfg, ceiling=name in CEILING_ABLATIONS)
+    for key, value in changes.items():
+        if key.startswith("rule."):
+            cfg.threshold_rule = dataclasses.replace(cfg.threshold_rule, **{key[5:]: value})
+        elif key.startswith("filter."):
+            cfg.filter = dataclasses.replace(cfg.filter, **{key[7:]: value})
+        elif key == "later_overrides":
+            cfg.later_overrides = list(cfg.later_overrides) + list(value)
+        elif key == "unlabeled":
+            continue  # the store is chosen in run_task (it has to be simulated first)
+        else:
+            setattr(cfg, key, value)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------- tasks
+def run_task(out: Path, task: str, settings: StudySettings, progress: bool = False) -> dict:
+    """Run (or reuse) one task — ``main:S``, ``ablation:S:NAME``, ``scale-pl:S``, ``scale:S:N``, ``tau-pl:S``,
+    ``tau:S:T`` — and return its summary (cached in its folder's ``result.json``)."""
+    kind, seed, arg = _parse_task(task)
+    folder = task_dir(out, task)
+    done = folder / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    paths = data_paths(out, seed, settings, progress)
+    cfg = main_config(paths, seed, settings)
+    main_dir = task_dir(out, f"main:{seed}")
+    if kind == "main":
+        result = _selftrain(cfg, folder, paths, progress)
+    elif kind == "ablation":
+        variant = ablation_config(cfg, arg)
+        share_stage1(main_dir, folder, same_rule=variant.threshold_rule == cfg.threshold_rule)
+        if arg == "rounds-2":
+            _share(main_dir, folder, ["round1.pseudo", "stage2.train", "stage2.eval"],
+                   ["pseudo_round1.json", "stage2"])
+        if arg == "in-domain":
+            store, truth = _extra_split(out, seed, settings, "curated_unlabelled", "curated",
+                                        (settings.counts or {}).get("web", 400), progress)
+            variant.unlabeled_features = str(store)
+            paths = dict(paths, web_annotations=truth)
+        result = _selftrain(variant, folder, paths, progress)
+    elif kind in ("scale-pl", "tau-pl"):
+        result = _shared_pseudo_labels(out, kind, seed, cfg, paths, main_dir, progress)
+    else:  # scale:S:N, tau:S:T
+        result = _stage2_variant(out, kind, seed, arg, cfg, main_dir, paths, progress)
+    atomic_write_json(done, result)
+    return result
+
+
+def _parse_task(task: str):
+    parts = task.split(":")
+    kinds = {"main": 2, "ablation": 3, "scale-pl": 2, "scale": 3, "tau-pl": 2, "tau": 3}
+    if parts[0] not in kinds or len(parts) != kinds[parts[0]] or not parts[1].lstrip("-").isdigit():
+        raise click.BadParameter(f"{task!r}: expected main:S, ablation:S:NAME, scale-pl:S, scale:S:N, tau-pl:S or "
+                                 "tau:S:T", param_hint="--task")
+    return parts[0], int(parts[1]), parts[2] if len(parts) == 3 else None
+
+
+def task_dir(out: Path, task: str) -> Path:
+    kind, seed, arg = _parse_task(task)
+    name = kind if arg is None else f"{kind}-{arg}"
+    return Path(out) / f"seed{seed}" / name
+
+
+def _selftrain(cfg: SelfTrainConfig, folder: Path, paths: dict, progress: bool) -> dict:
+    from tal.selftrain import run_selftrain
+
+    cfg = dataclasses.replace(cfg, unlabeled_truth=str(paths["web_annotations"]))
+    report = run_selftrain(cfg, folder, progress=progress)
+    keep = ("stage1", "stage2", "stage3", "ceiling", "recovery", "counts", "threshold")
+    return {k: report[k] for k in keep if k in report}
+
+
+def share_stage1(src: Path, dst: Path, same_rule: bool) -> None:
+    """Start ``dst`` from ``src``'s stage 1 (and its held-out samples; its threshold choice too when the rule is
+    the same): an independent run would compute exactly these files again."""
+    steps, files = list(SHARED_STEPS), ["stage1"]
+    folds = sorted((src / "thresholds").glob("fold*/heldout.json"))
+    files += [str(p.relative_to(src)) for p in folds]
+    if same_rule:
+        steps.append("stage1.thresholds")
+        files.append("thresholds/choice.json")
+    _share(src, dst, steps, files)
+
+
+def _share(src: Path, dst: Path, steps: list, files: list) -> None:
+    from tal.selftrain import STATE_NAME
+
+    state_path = dst / STATE_NAME
+    done = json.loads(state_path.read_text())["done"] if state_path.exists() else []
+    if all(s in done for s in steps):
+        return
+    for rel in files:
+        a, b = src / rel, dst / rel
+        b.parent.mkdir(parents=True, exist_ok=True)
+        if a.is_dir():
+            shutil.copytree(a, b, dirs_exist_ok=True)
+        else:
+            shutil.copy2(a, b)
+    atomic_write_json(state_path, {"done": done + [s for s in steps if s not in done]})
+
+
+def _shared_pseudo_labels(out, kind, seed, cfg, paths, main_dir: Path, progress) -> dict:
+    """``scale-pl``: the chosen filter over a web store of max(--scale) videos (its first 400 are the main
+    run's); ``tau-pl``: the main web store at the smallest τ, no ignore regions (re-filtered per τ)."""
+    from tal.pseudo import pseudo_label_store
+
+    settings = _settings_of(out)
+    stage1 = main_dir / "stage1" / "last.pt"
+    folder = task_dir(out, f"{kind}:{seed}")
+    if kind == "scale-pl":
+        store, _ = _extra_split(out, seed, settings, "web_scale", "web", max(settings.scale), progress, "web")
+        choice = json.loads((main_dir / "thresholds" / "choice.json").read_text())
+        filt = dataclasses.replace(cfg.filter, threshold=choice["threshold"],
+                                   ignore_threshold=choice.get("ignore_threshold"))
+    else:
+        store = paths["web_store"]
+        filt = dataclasses.replace(cfg.filter, threshold=min(settings.taus), ignore_threshold=None)
+    pseudo_label_store(store, stage1, folder / "pseudo.json", filt, progress=progress)
+    return {"file": str(folder / "pseudo.json"), "store": str(store), "threshold": filt.threshold}
+
+
+def _extra_split(out: Path, seed: int, settings: StudySettings, name: str, domain: str, n: int,
+                 progress: bool, stream: str | None = None) -> tuple[Path, Path]:
+    """Another unlabelled split of the seed's world (store and truth); ``stream`` names its random stream
+    (the web store's, "web", makes its first videos those of the main run)."""
+    from tal.demo import DEMO_PRESET
+    from tal.sim import make_world, preset
+    from tal.sim.writer import SplitSpec, write_split
+
+    sim_cfg, _ = preset(DEMO_PRESET, seed, settings.regime)
+    folder = out / f"data_seed{seed}"
+    store, truth = folder / f"{name}.zarr", folder / f"{name}.json"
+    if not truth.exists():
+        write_split(make_world(sim_cfg), SplitSpec(stream or name, domain, "training", "all"), n, store, truth,
+                    progress)
+    return store, truth
+
+
+def _stage2_variant(out, kind, seed, arg, cfg, main_dir: Path, paths, progress) -> dict:
+    """Stage 2 from the main run's stage 1 on re-filtered pseudo-labels: the first N videos of the scale store
+    (``scale``, at the main run's compute and mix), or a fixed τ without ignore regions (``tau``)."""
+    from tal.pseudo import FilterConfig, pseudo_label_quality, refilter
+    from tal.selftrain import evaluate_stage, summarize, train_stage
+
+    folder = task_dir(out, f"{kind}:{seed}:{arg}")
+    stage1 = main_dir / "stage1" / "last.pt"
+    if kind == "scale" and int(arg) == 0:
+        return json.loads((main_dir / "report.json").read_text())["stage1"]
+    source = json.loads((task_dir(out, f"{kind}-pl:{seed}") / "result.json").read_text())
+    pl = folder / "pseudo.json"
+    if kind == "scale":
+        n = int(arg)
+        main_run = json.loads((main_dir / "report.json").read_text())["counts"]
+        labelled, web = main_run["labeled_videos"], main_run["unlabeled_videos"]
+        choice = json.loads((main_dir / "thresholds" / "choice.json").read_text())
+        filt = dataclasses.replace(cfg.filter, threshold=choice["threshold"],
+                                   ignore_threshold=choice.get("ignore_threshold"))
+        cfg = dataclasses.replace(cfg, unlabeled_features=source["store"], later_overrides=list(
+            cfg.later_overrides) + [f"data.pseudo_ratio={web / (labelled + web)}", f"data.epoch_clips={labelled + web}"])
+        truth = Path(source["store"]).with_suffix(".json")
+    else:
+        n, filt, truth = None, FilterConfig(threshold=float(arg), dedup_iou=cfg.filter.dedup_iou), paths["web_annotations"]
+    if not pl.exists():
+        refilter(source["file"], pl, filt, limit=n)
+    eval_path = folder / "eval.json"
     if not eval_path.exists():
-        extra = [] if fixed is None else [f"data.pseudo_ratio={fixed[0]}", f"data.epoch_clips={fixed[1]}"]
-        cfg = dataclasses.replace(base_cfg, later_overrides=list(base_cfg.later_overrides) + extra)
-        ckpt = train_stage(cfg, out, [pseudo_file], stage1, progress)
-        atomic_write_json(eval_path, evaluate_stage(ckpt, cfg))
-    return summarize(json.loads(eval_path.read_text()))
+        ckpt = train_stage(cfg, folder / "stage2", [pl], stage1, progress)
+        atomic_write_json(eval_path, evaluate_stage(ckpt, cfg, progress))
+    summary = summarize(json.loads(eval_path.read_text()))
+    summary["pseudo_quality"] = pseudo_label_quality(pl, truth)
+    summary["pseudo_labels"] = summary["pseudo_quality"]["pseudo_labels"]
+    return summary
 
 
-def run_study(out, seeds=(0, 1, 2), scale=(0, 250, 1000, 4000), taus=(0.01, 0.05, 0.1, 0.2, 0.4),
-              sweep_videos: int = 1000, budget_videos: int = 400, progress: bool = True, overrides=(),
-              counts: dict | None = None) -> dict:
-    """Run (or resume) the study; ``overrides`` (tal-train --set items) and ``counts`` (other simulated
-    curated_train / curated_test / web_test sizes) exist for quick smoke runs."""
+def _settings_of(out: Path) -> StudySettings:
+    return StudySettings(**json.loads((Path(out) / "settings.json").read_text()))
+
+
+# --------------------------------------------------------------------------------------------- the run
+def study_tasks(settings: StudySettings) -> list[list[str]]:
+    """The three waves of tasks; a wave starts once the one before it has finished."""
+    first = settings.seeds[0]
+    waves = [[f"main:{s}" for s in settings.seeds],
+             [f"ablation:{s}:{a}" for a in settings.ablations for s in settings.seeds], []]
+    if [n for n in settings.scale if n > 0]:
+        waves[1].append(f"scale-pl:{first}")
+        waves[2] += [f"scale:{first}:{n}" for n in settings.scale]
+    if settings.taus:
+        waves[1].append(f"tau-pl:{first}")
+        waves[2] += [f"tau:{first}:{t}" for t in settings.taus]
+    return waves
+
+
+def run_study(out, settings: StudySettings, jobs: int = 1, progress: bool = True) -> dict:
+    """Run (or resume) every task and collect the study; ``jobs > 1`` runs tasks in that many processes."""
     out = Path(out)
+    settings.check()
     start = time.time()
-    result: dict = {"simulated": True, "note": SIMULATED_NOTE, "seeds": list(seeds), "scale": list(scale),
-                    "taus": list(taus), "budget_videos": budget_videos, "per_seed": {}}
-    for seed in seeds:
-        part = run_seed(out, seed, seeds, scale, taus, sweep_videos, budget_videos, progress, overrides, counts)
-        for key in ("scaling", "tau_sweep", "pseudo_mix", "epoch_clips"):
-            if key in part:
-                result[key] = part.pop(key)
-        result["per_seed"][seed] = part
-        atomic_write_json(out / "study.json", result)
-    result["summary"] = _summary(result)
+    _record_settings(out, settings)
+    for wave in study_tasks(settings):
+        if jobs > 1:
+            run_in_processes(out, wave, jobs)
+        else:
+            for task in wave:
+                log.info("study task %s", task)
+                run_task(out, task, settings, progress)
+    result = collect(out, settings)
     result["elapsed_s"] = round(time.time() - start, 1)
-    result["elapsed_note"] = "this command's wall time; parts finished earlier (resumed, --only-seed) not included"
+    result["elapsed_note"] = "this command's wall time; tasks finished by an earlier call are not included"
     atomic_write_json(out / "study.json", result)
     (out / "study.txt").write_text(format_study(result) + "\n")
     plot_study(result, out)
     return result
 
 
-def run_seed(out, seed: int, seeds, scale, taus, sweep_videos: int, budget_videos: int, progress: bool = True,
-             overrides=(), counts: dict | None = None) -> dict:
-    """One seed's part of the study (resumable; cached in ``out/seed<S>/part.json``). The first seed of
-    ``seeds`` also runs the scaling curve and the τ sweep, over a larger web store."""
-    import json
-
-    from tal.demo import selftrain_config, simulate
-
-    out = Path(out)
-    run = out / f"seed{seed}"
-    done = run / "part.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    first = seed == list(seeds)[0]
-    n_web = max(max(scale), sweep_videos, budget_videos) if first else budget_videos
-    paths = simulate(out / f"data_seed{seed}", seed, dict(counts or {}, web=n_web), progress)
-    # 1. the demo's comparison; stage 2 sees the first budget_videos web videos.
-    cfg = selftrain_config(paths, seed, overrides=overrides)
-    if first:
-        # The first seed's web store is larger: stage 1 + pseudo-labels run over all of it once, shared.
-        report, part, main_pl = _first_seed(cfg, run, paths, scale, taus, sweep_videos, budget_videos, progress)
-        stage1 = run / "stage1_only" / "stage1" / "last.pt"
+def _record_settings(out: Path, settings: StudySettings) -> None:
+    path = out / "settings.json"
+    wanted = json.loads(json.dumps(dataclasses.asdict(settings)))
+    if path.exists():
+        found = json.loads(path.read_text())
+        if found != wanted:
+            diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+            raise StudyError(f"{out} holds a study with other settings ({', '.join(diff)}); use another --out")
     else:
-        report, part = run_selftrain(cfg, run, progress=progress), {}
-        stage1, main_pl = run / "stage1" / "last.pt", run / "pseudo_round1.json"
-        report["stage2"]["pseudo_quality"] = pseudo_label_quality(main_pl, paths["web_annotations"])
-    part.update(stage1=report["stage1"], stage2=report["stage2"], pseudo_labels=report["counts"]["pseudo_labels"],
-                pseudo_quality=report["stage2"]["pseudo_quality"])
-    part["ceilings"] = _ceilings(cfg, run, paths, out / f"data_seed{seed}_all_classes", seed, stage1, main_pl,
-                                 counts, progress)
-    atomic_write_json(done, part)
-    return part
+        atomic_write_json(path, wanted)
 
 
-def oracle_pseudo_labels(gt_path, like, out) -> Path:
-    """The hidden truth of the videos of pseudo-label file ``like``, written as perfect pseudo-labels."""
-    from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation, load_annotations, write_official
+def run_in_processes(out: Path, tasks: list[str], jobs: int) -> None:
+    """Each task in its own ``python -m tal.study --task`` process, ``jobs`` at a time; stops at a failure."""
+    import subprocess
+    import sys
 
-    gt = load_annotations(gt_path)
-    videos = {}
-    for vid in load_annotations(like).videos:
-        v = gt.videos[vid]
-        videos[vid] = VideoAnnotation(vid, v.subset, v.duration, v.fps,
-                                      [Segment(s.start, s.end, "action", 1.0, True) for s in v.segments])
-    aset = AnnotationSet(videos, {"simulated": True, "oracle": True, "source": str(gt_path),
-                                  "videos": len(videos), "segments": sum(len(v.segments) for v in videos.values())})
-    write_official(aset, out)
-    return Path(out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    pending = [t for t in tasks if not (task_dir(out, t) / "result.json").exists()]
+    running: dict = {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            task = pending.pop(0)
+            log_path = out / "logs" / f"{task.replace(':', '_')}.log"
+            log.info("study task %s: own process, log %s", task, log_path)
+            with open(log_path, "a") as fh:
+                running[task] = subprocess.Popen([sys.executable, "-m", "tal.study", "--out", str(out), "--task",
+                                                  task, "--no-progress"], stdout=fh, stderr=subprocess.STDOUT)
+        task, code = _wait_any(running)
+        if code != 0:
+            for proc in running.values():
+                proc.terminate()
+            raise StudyError(f"study task {task} failed (exit {code}); see "
+                             f"{out / 'logs' / (task.replace(':', '_') + '.log')}")
 
 
-def _ceilings(cfg, run: Path, paths, all_dir: Path, seed: int, stage1: Path, main_pl: Path, counts,
-              progress) -> dict:
-    """The best self-training could do here: (a) stage 2 on perfect pseudo-labels, same videos and compute;
-    (b) stage 1 with human labels for every class (a simulated curated set of the same size, all classes)."""
-    import json
+def _wait_any(running: dict) -> tuple[str, int]:
+    while True:
+        for task, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[task]
+                return task, proc.returncode
+        time.sleep(1.0)
 
-    from tal.demo import DEMO_PRESET
-    from tal.sim import preset, write_benchmark
 
-    oracle = run / "pseudo_oracle.json"
-    if not oracle.exists():
-        oracle_pseudo_labels(paths["web_annotations"], main_pl, oracle)
-    result = {"stage2_oracle": stage2_variant(cfg, run / "stage2_oracle", stage1, oracle, progress)}
-    sim_cfg, default = preset(DEMO_PRESET, seed)
-    all_paths = write_benchmark(all_dir, sim_cfg, n_curated_train=(counts or {}).get("curated_train",
-                                                                                     default.curated_train),
-                                n_web_unlabeled=0, n_curated_test=0, n_web_test=0, labelled_classes="all",
-                                progress=progress)
-    eval_path = run / "stage1_all_classes" / "eval.json"
-    if not eval_path.exists():
-        all_cfg = dataclasses.replace(cfg, labeled_features=[str(all_paths["curated_train_store"])],
-                                      labeled_annotations=[str(all_paths["curated_train_annotations"])], classes="all")
-        ckpt = train_stage(all_cfg, run / "stage1_all_classes", [], None, progress)
-        atomic_write_json(eval_path, evaluate_stage(ckpt, cfg))
-    result["stage1_all_classes"] = summarize(json.loads(eval_path.read_text()))
+# --------------------------------------------------------------------------------------------- collecting
+def _stat(values) -> dict:
+    v = np.array([x for x in values if not math.isnan(x)], np.float64)
+    if not len(v):
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v))}
+
+
+def _recovery(s1: float, s2: float, top: float) -> float:
+    return (s2 - s1) / (top - s1) if top > s1 else float("nan")
+
+
+def _last_stage(run: dict) -> dict:
+    names = sorted((k for k in run if k.startswith("stage") and k[5:].isdigit()), key=lambda k: int(k[5:]))
+    return run[names[-1]]
+
+
+def collect(out: Path, settings: StudySettings) -> dict:
+    """study.json's content from the finished tasks (missing ones are skipped, so a partial study collects)."""
+    def load(task):
+        path = task_dir(out, task) / "result.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    mains = {s: load(f"main:{s}") for s in settings.seeds}
+    mains = {s: r for s, r in mains.items() if r}
+    result = {"simulated": True, "note": SIMULATED_NOTE, "settings": dataclasses.asdict(settings),
+              "seeds_done": sorted(mains), "main": {}, "ablations": {}}
+    for label, keys in HEADLINES:
+        row = {k: _stat([_lookup(r[k], keys) for r in mains.values()]) for k in ("stage1", "stage2", "ceiling")}
+        row["delta"] = _stat([_lookup(r["stage2"], keys) - _lookup(r["stage1"], keys) for r in mains.values()])
+        row["recovery"] = _stat([_recovery(*(_lookup(r[k], keys) for k in ("stage1", "stage2", "ceiling")))
+                                 for r in mains.values()])
+        result["main"][label] = row
+    ratios = [_lookup(r["stage1"], ("generalized", "novel")) / _lookup(r["stage1"], ("generalized", "base"))
+              for r in mains.values()]
+    result["stage1_novel_base_ratio"] = {"per_seed": dict(zip(sorted(mains), ratios)), **_stat(ratios)}
+    quality = [r["counts"]["pseudo_label_details"]["round1.pseudo"]["quality"] for r in mains.values()]
+    result["pseudo_quality"] = {k: _stat([q[k] for q in quality]) for k in ("precision@0.5", "recall@0.5")}
+    result["thresholds"] = {s: r.get("threshold") for s, r in mains.items()}
+    for name in settings.ablations:
+        runs = {s: load(f"ablation:{s}:{name}") for s in mains}
+        runs = {s: r for s, r in runs.items() if r}
+        if not runs:
+            continue
+        entry = {"description": ABLATIONS[name][1], "seeds": sorted(runs)}
+        for label, keys in HEADLINES:
+            entry[label] = _stat([_lookup(_last_stage(r), keys) for r in runs.values()])
+            entry[label + " recovery"] = _stat([_recovery(_lookup(mains[s]["stage1"], keys),
+                                                          _lookup(_last_stage(r), keys),
+                                                          _lookup(mains[s]["ceiling"], keys)) for s, r in runs.items()])
+            if "ceiling" in next(iter(runs.values())):
+                entry[label + " own ceiling"] = _stat([_lookup(r["ceiling"], keys) for r in runs.values()])
+        details = [r["counts"]["pseudo_label_details"] for r in runs.values()]
+        for step in sorted({k for d in details for k in d}):
+            entry[f"{step} quality"] = {k: _stat([d[step]["quality"][k] for d in details if step in d])
+                                        for k in ("precision@0.5", "recall@0.5")}
+        result["ablations"][name] = entry
+    first = settings.seeds[0]
+    for key, kind, cast in (("scaling", "scale", int), ("tau_sweep", "tau", float)):
+        values = getattr(settings, "scale" if kind == "scale" else "taus")
+        found = {str(cast(v)): load(f"{kind}:{first}:{v}") for v in values}
+        found = {k: v for k, v in found.items() if v}
+        if found:
+            result[key] = found
     return result
 
 
-def _first_seed(cfg, run: Path, paths, scale, taus, sweep_videos, budget_videos, progress):
-    """Stage 1 once, pseudo-labels once at the smallest τ, then every stage-2 variant from re-filtered files.
-    Returns (the demo-like report, {"scaling", "tau_sweep"}, the main variant's pseudo-label file)."""
-    import json
-
-    state_cfg = dataclasses.replace(cfg, rounds=0)  # stage 1 (+ its evaluation) only
-    stage1_report = run_selftrain(state_cfg, run / "stage1_only", progress=progress)
-    stage1 = run / "stage1_only" / "stage1" / "last.pt"
-    labelled = stage1_report["counts"]["labeled_videos"]
-    tau_min = min(list(taus) + [cfg.filter.threshold])
-    raw = run / f"pseudo_all_tau{tau_min}.json"
-    if not raw.exists():
-        pseudo_label_store(cfg.unlabeled_features, stage1, raw, dataclasses.replace(cfg.filter, threshold=tau_min),
-                           progress=progress)
-
-    # Every variant keeps the main comparison's epochs, clips per epoch and labelled : pseudo mix (the natural
-    # proportion of budget_videos web videos), so N changes only how many different web videos the pseudo clips
-    # come from. (With the natural proportion, N = 4,000 would see each labelled video 8x less often.)
-    fixed = (budget_videos / (labelled + budget_videos), labelled + budget_videos)
-
-    def variant(tau: float, n: int) -> dict:
-        name = f"stage2_n{n}_tau{tau}" + ("" if n == budget_videos else f"_mix{fixed[0]:.3f}_clips{fixed[1]}")
-        pl = run / f"pseudo_n{n}_tau{tau}.json"
-        if not pl.exists():
-            refilter(raw, pl, dataclasses.replace(cfg.filter, threshold=tau), limit=n)
-        summary = stage2_variant(cfg, run / name, stage1, pl, progress, None if n == budget_videos else fixed)
-        summary["pseudo_labels"] = json.loads(pl.read_text())["provenance"]["segments"]
-        summary["pseudo_quality"] = pseudo_label_quality(pl, paths["web_annotations"])
-        return summary
-
-    main = variant(cfg.filter.threshold, budget_videos)
-    part = {"scaling": {0: stage1_report["stage1"]}, "pseudo_mix": fixed[0], "epoch_clips": fixed[1]}
-    for n in scale:
-        if n > 0:
-            part["scaling"][n] = variant(cfg.filter.threshold, n)
-    part["tau_sweep"] = {tau: variant(tau, sweep_videos) for tau in taus}
-    report = {"stage1": stage1_report["stage1"], "stage2": main, "counts": {
-        "labeled_videos": labelled, "pseudo_labels": {"round1.pseudo": main["pseudo_labels"]}}}
-    return report, part, run / f"pseudo_n{budget_videos}_tau{cfg.filter.threshold}.json"
-
-
-COLUMNS = [("stage1", "stage 1"), ("stage2", "stage 2"), ("delta", "Δ (2-1)"),
-           ("stage2_oracle", "stage 2, perfect PL"), ("stage1_all_classes", "stage 1, all labels")]
-
-
-def _summary(result: dict) -> dict:
-    """Mean ± std over seeds per headline protocol, for both stages, their difference and the ceilings."""
-    def stat(values) -> dict:
-        v = np.array(values, np.float64)
-        return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
-
-    out = {}
-    seeds = list(result["per_seed"].values())
-    for label, keys in HEADLINES:
-        rows = {stage: stat([_get(r[stage], keys) for r in seeds]) for stage in ("stage1", "stage2")}
-        rows["delta"] = stat([_get(r["stage2"], keys) - _get(r["stage1"], keys) for r in seeds])
-        for ceiling in ("stage2_oracle", "stage1_all_classes"):
-            if all("ceilings" in r for r in seeds):
-                rows[ceiling] = stat([_get(r["ceilings"][ceiling], keys) for r in seeds])
-        out[label] = rows
-    return out
-
-
+# --------------------------------------------------------------------------------------------- report
 def format_study(result: dict) -> str:
+    pct = lambda s: f"{100 * s['mean']:6.2f} ± {100 * s['std']:5.2f}"  # noqa: E731
+    seeds = result["seeds_done"]
     lines = [f"Self-training study — {SIMULATED_NOTE}",
-             f"seeds {result['seeds']}; average mAP (%) mean ± std over seeds; ceilings: stage 2 trained on perfect "
-             "pseudo-labels (the web videos' hidden truth), stage 1 trained with labels for every class", ""]
-    columns = [(k, name) for k, name in COLUMNS if k in next(iter(result["summary"].values()))]
-    head = f"{'protocol':<22}" + "".join(f"{name:>21}" for _, name in columns)
+             f"regime {result['settings']['regime']}; seeds {seeds}; average mAP (%), mean ± std over seeds; "
+             "ceiling: stage 2 by the same recipe on the unlabelled videos' true segments; "
+             "recovered = (stage 2 − stage 1) / (ceiling − stage 1)", ""]
+    head = f"{'protocol':<21}" + "".join(f"{h:>17}" for h in ("stage 1", "stage 2", "ceiling", "Δ (2−1)",
+                                                                 "recovered (%)"))
     lines += [head, "-" * len(head)]
-    for label, row in result["summary"].items():
-        cell = lambda r: f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"  # noqa: E731
-        lines.append(f"{label:<22}" + "".join(f"{cell(row[k]):>21}" for k, _ in columns))
-    if "scaling" in result:
-        mix = f", {100 * result['pseudo_mix']:.0f} % pseudo-labelled clips" if "pseudo_mix" in result else ""
-        lines += ["", f"scaling (seed {result['seeds'][0]}; stage 2 at fixed compute{mix}): "
-                      "novel (gen.) / novel-only / base / cross-domain mAP over unlabelled videos"]
-        for n, s in sorted(result["scaling"].items(), key=lambda kv: int(kv[0])):
-            lines.append(f"  N = {int(n):>6}: " + " / ".join(f"{100 * _get(s, keys):6.2f}" for keys in (
-                ("generalized", "novel"), ("novel_only",), ("generalized", "base"), ("cross_domain",))))
-    if "tau_sweep" in result:
-        lines += ["", f"τ sweep (seed {result['seeds'][0]}): novel (gen.) / novel-only / base / cross-domain mAP; "
-                      "pseudo-labels: count, precision@0.5, recall@0.5 against the hidden web truth"]
-        for tau, s in sorted(result["tau_sweep"].items(), key=lambda kv: float(kv[0])):
+    for label, row in result["main"].items():
+        lines.append(f"{label:<21}" + "".join(f"{pct(row[k]):>17}" for k in ("stage1", "stage2", "ceiling", "delta",
+                                                                              "recovery")))
+    r = result["stage1_novel_base_ratio"]
+    lines += ["", f"stage 1 generalized novel / base mAP: {r['mean']:.3f} ± {r['std']:.3f} (per seed: "
+              + ", ".join(f"{s}: {v:.3f}" for s, v in r["per_seed"].items()) + "; real THUMOS14 ≈ 0.40–0.42)"]
+    q = result["pseudo_quality"]
+    lines.append(f"pseudo-labels (round 1, tIoU 0.5): precision {q['precision@0.5']['mean']:.3f} ± "
+                 f"{q['precision@0.5']['std']:.3f}, recall {q['recall@0.5']['mean']:.3f} ± {q['recall@0.5']['std']:.3f}"
+                 "; τ per seed: " + ", ".join(f"{s}: {t:.3g}" for s, t in result["thresholds"].items() if t is not None))
+    if result["ablations"]:
+        lines += ["", "ablations (one change from the defaults each; recovered % of the default recipe's ceiling):"]
+        head = f"{'variant':<16}" + "".join(f"{h:>17}" for h in ("novel (gen.)", "novel-only", "base (gen.)",
+                                                                  "cross-domain", "rec. novel gen.", "rec. novel-only"))
+        lines += [head, "-" * len(head)]
+        main = result["main"]
+        lines.append(f"{'default':<16}" + "".join(f"{pct(main[k]['stage2']):>17}" for k in (
+            "novel (generalized)", "novel-only", "base (generalized)", "cross-domain (web)"))
+            + "".join(f"{pct(main[k]['recovery']):>17}" for k in ("novel (generalized)", "novel-only")))
+        for name, e in result["ablations"].items():
+            lines.append(f"{name:<16}" + "".join(f"{pct(e[k]):>17}" for k in (
+                "novel (generalized)", "novel-only", "base (generalized)", "cross-domain (web)"))
+                + "".join(f"{pct(e[k + ' recovery']):>17}" for k in ("novel (generalized)", "novel-only")))
+        lines.append("")
+        lines += [f"  {name}: {e['description']}" for name, e in result["ablations"].items()]
+    for key, title in (("scaling", "scaling (first seed; stage 2 at the main run's compute and mix) over N "
+                                    "unlabelled videos"),
+                       ("tau_sweep", "τ sweep (first seed; fixed τ, no ignore regions)")):
+        if key not in result:
+            continue
+        lines += ["", title + ": novel (gen.) / novel-only / base / cross-domain mAP; pseudo-labels, precision, "
+                  "recall"]
+        for k, s in sorted(result[key].items(), key=lambda kv: float(kv[0])):
             q = s.get("pseudo_quality", {})
-            lines.append(f"  τ = {float(tau):<5}: " + " / ".join(f"{100 * _get(s, keys):6.2f}" for keys in (
+            lines.append(f"  {k:>6}: " + " / ".join(f"{100 * _lookup(s, keys):6.2f}" for keys in (
                 ("generalized", "novel"), ("novel_only",), ("generalized", "base"), ("cross_domain",)))
-                + f"; {s.get('pseudo_labels')}, {q.get('precision@0.5', float('nan')):.2f}, "
-                  f"{q.get('recall@0.5', float('nan')):.2f}")
+                + (f"; {q['pseudo_labels']}, {q['precision@0.5']:.2f}, {q['recall@0.5']:.2f}" if q else " (stage 1)"))
     if "elapsed_s" in result:
-        lines += ["", f"run time: {result['elapsed_s'] / 60:.1f} min"]
+        lines += ["", f"run time of this command: {result['elapsed_s'] / 60:.1f} min"]
     return "\n".join(lines)
 
 
@@ -271,147 +497,94 @@ def plot_study(result: dict, out: Path) -> None:
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
 
+    labels = list(result["main"])
     fig, ax = plt.subplots(figsize=(9, 4))
-    labels = list(result["summary"])
-    bars = [(k, name) for k, name in COLUMNS if k != "delta" and k in result["summary"][labels[0]]]
-    width = 0.8 / len(bars)
     x = np.arange(len(labels))
-    for i, (key, name) in enumerate(bars):
-        ax.bar(x + (i - (len(bars) - 1) / 2) * width, [100 * result["summary"][k][key]["mean"] for k in labels],
-               width, yerr=[100 * result["summary"][k][key]["std"] for k in labels], label=name, capsize=3)
+    for i, (key, name) in enumerate((("stage1", "stage 1"), ("stage2", "stage 2"), ("ceiling", "ceiling"))):
+        ax.bar(x + (i - 1) * 0.27, [100 * result["main"][k][key]["mean"] for k in labels], 0.27,
+               yerr=[100 * result["main"][k][key]["std"] for k in labels], label=name, capsize=3)
     ax.set_xticks(x, labels, rotation=15)
     ax.set_ylabel("average mAP (%)")
-    ax.set_title(f"Stage 1 vs stage 2, {len(result['seeds'])} seeds — SIMULATED DATA")
+    ax.set_title(f"Stage 1, stage 2 and the ceiling, seeds {result['seeds_done']} — SIMULATED DATA")
     ax.legend(fontsize=8)
     save(fig, "study_stages.png")
-    for key, xlabel, name, fmt in (("scaling", "unlabelled web videos", "study_scaling.png", int),
-                                   ("tau_sweep", "pseudo-label threshold τ", "study_tau.png", float)):
+    for key, xlabel, name in (("scaling", "unlabelled web videos", "study_scaling.png"),
+                              ("tau_sweep", "pseudo-label threshold τ", "study_tau.png")):
         if key not in result:
             continue
-        items = sorted(result[key].items(), key=lambda kv: fmt(kv[0]))
-        xs = [fmt(k) for k, _ in items]
+        items = sorted(result[key].items(), key=lambda kv: float(kv[0]))
         fig, ax = plt.subplots(figsize=(6, 4))
-        for label, keys in (("novel (generalized)", ("generalized", "novel")), ("novel-only", ("novel_only",)),
-                            ("base (generalized)", ("generalized", "base")),
-                            ("cross-domain (web)", ("cross_domain",))):
-            ax.plot(xs, [100 * _get(s, keys) for _, s in items], marker="o", label=label)
-        if key == "scaling":
-            ax.set_xscale("symlog", linthresh=100)
-        else:
-            ax.set_xscale("log")
+        for label, keys in HEADLINES:
+            ax.plot([float(k) for k, _ in items], [100 * _lookup(s, keys) for _, s in items], marker="o", label=label)
+        ax.set_xscale("symlog", linthresh=100) if key == "scaling" else ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("average mAP (%)")
-        ax.set_title(f"{xlabel} (seed {result['seeds'][0]}) — SIMULATED DATA")
-        ax.legend()
+        ax.set_title(f"{xlabel} — SIMULATED DATA")
+        ax.legend(fontsize=8)
         save(fig, name)
 
 
-def run_parts_in_parallel(out: Path, seeds, jobs: int, argv: list[str]) -> None:
-    """Each seed's part in its own ``--only-seed`` process, ``jobs`` at a time (the first seed, the longest, first)."""
-    import subprocess
-    import sys
-
-    out.mkdir(parents=True, exist_ok=True)
-    pending, running = list(seeds), {}
-    while pending or running:
-        while pending and len(running) < jobs:
-            seed = pending.pop(0)
-            log_path = out / f"seed{seed}.log"
-            log.info("seed %d: running in its own process, log %s", seed, log_path)
-            with open(log_path, "a") as fh:
-                running[seed] = subprocess.Popen([sys.executable, "-m", "tal.study", *argv, "--only-seed", str(seed)],
-                                                 stdout=fh, stderr=subprocess.STDOUT)
-        seed, code = _wait_any(running)
-        if code != 0:
-            for proc in running.values():
-                proc.terminate()
-            raise click.ClickException(f"seed {seed} failed (exit {code}); see {out / f'seed{seed}.log'}")
-
-
-def _wait_any(running: dict) -> tuple[int, int]:
-    while True:
-        for seed, proc in list(running.items()):
-            if proc.poll() is not None:
-                del running[seed]
-                return seed, proc.returncode
-        time.sleep(1.0)
-
-
-def _ints(text: str) -> list[int]:
-    return _numbers(text, int)
+# --------------------------------------------------------------------------------------------- CLI
+def _numbers(text: str, kind, what: str) -> list:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated {what}, e.g. 0,1,2") from None
 
 
 def _sizes(text: str) -> dict:
     sizes = {}
     for item in filter(None, (x.strip() for x in text.split(","))):
         name, _, value = item.partition("=")
-        if name not in ("curated_train", "curated_test", "web_test") or not value.isdigit() or int(value) < 1:
-            raise click.BadParameter(f"{item!r}: expected curated_train|curated_test|web_test=N (N >= 1)",
+        if name not in ("curated_train", "web", "curated_test", "web_test") or not value.isdigit() or int(value) < 1:
+            raise click.BadParameter(f"{item!r}: expected curated_train|web|curated_test|web_test=N (N >= 1)",
                                      param_hint="--sizes")
         sizes[name] = int(value)
     return sizes
 
 
-def _floats(text: str) -> list[float]:
-    return _numbers(text, float)
-
-
-def _numbers(text: str, kind) -> list:
-    try:
-        return [kind(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected comma-separated {'integers' if kind is int else 'numbers'}, "
-                                 "e.g. 0,1,2") from None
-
-
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", default="study_out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--seeds", default="0,1,2", show_default=True)
-@click.option("--scale", default="0,250,1000,4000", show_default=True, help="Unlabelled videos for the curve.")
-@click.option("--taus", default="0.01,0.05,0.1,0.2,0.4", show_default=True)
-@click.option("--sweep-videos", default=1000, show_default=True, type=click.IntRange(min=1))
-@click.option("--budget-videos", default=400, show_default=True, type=click.IntRange(min=1),
-              help="Stage 2's compute: the preset's epochs over labelled + this many clips.")
+@click.option("--regime", default="specific", show_default=True, type=click.Choice(["specific", "shared"]),
+              help="tal.sim regime of the simulated data.")
+@click.option("--ablations", default=",".join(ABLATIONS), show_default=True,
+              help="Comma-separated ablations to run (empty: none).")
+@click.option("--scale", default="0,100,400,1600", show_default=True,
+              help="Unlabelled videos for the scaling curve (first seed; empty: none).")
+@click.option("--taus", default="0.05,0.2,0.4", show_default=True, help="Fixed τ values to sweep (empty: none).")
 @click.option("--sizes", default="", metavar="SPLIT=N,...",
-              help="Other simulated sizes (curated_train, curated_test, web_test), e.g. for a quick smoke run.")
+              help="Other simulated sizes (curated_train, web, curated_test, web_test), e.g. for a smoke run.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="tal-train override, every stage.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch CPU threads.")
-@click.option("--only-seed", type=int, default=None,
-              help="Run just this seed's part (one of --seeds), e.g. one process per seed; the plain command then "
-                   "collects the finished parts.")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Seeds run in parallel, one process each (logs in OUT/seed<S>.log); 2 on a 2-core machine.")
+              help="Tasks at a time, one process each (logs in OUT/logs/); 2 on a 2-core machine.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="torch CPU threads.")
+@click.option("--task", default=None, help="Run one task of a study started with the same --out (internal).")
 @click.option("--no-progress", is_flag=True)
-def main(out, seeds, scale, taus, sweep_videos, budget_videos, sizes, overrides, threads, only_seed, jobs,
-         no_progress):
-    """Three-seed self-training study on SIMULATED data; writes study.json, study.txt and plots."""
+def main(out, seeds, regime, ablations, scale, taus, sizes, overrides, jobs, threads, task, no_progress):
+    """Self-training study on SIMULATED data: ceiling recovery over seeds, ablations, scaling, τ sweep."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(threads)
-    seeds, scale, taus, counts = _ints(seeds), _ints(scale), _floats(taus), _sizes(sizes)
-    if only_seed is not None and only_seed not in seeds:
-        raise click.UsageError(f"--only-seed {only_seed} is not one of --seeds {seeds}")
+    torch.set_num_threads(threads)
+    out = Path(out)
+    if task is not None:
+        if not (out / "settings.json").exists():
+            raise click.UsageError(f"--task needs a study started in {out}")
+        run_task(out, task, _settings_of(out), progress=not no_progress)
+        click.echo(f"{task} done: {task_dir(out, task) / 'result.json'}")
+        return
+    settings = StudySettings(seeds=_numbers(seeds, int, "integers"), regime=regime,
+                             ablations=[a.strip() for a in ablations.split(",") if a.strip()],
+                             scale=_numbers(scale, int, "integers"), taus=_numbers(taus, float, "numbers"),
+                             overrides=list(overrides), counts=_sizes(sizes))
     from tal.config import load_config
     from tal.demo import DEMO_PRESET
 
     load_config(DEMO_PRESET, list(overrides))  # a bad --set fails now, not after simulating the data
-    if only_seed is not None:
-        run_seed(out, only_seed, seeds, scale, taus, sweep_videos, budget_videos, not no_progress, overrides,
-                 counts)
-        click.echo(f"seed {only_seed} done: {Path(out) / f'seed{only_seed}' / 'part.json'}")
-        return
-    if jobs > 1:
-        argv = ["--out", out, "--seeds", ",".join(map(str, seeds)), "--scale", ",".join(map(str, scale)),
-                "--taus", ",".join(map(str, taus)), "--sweep-videos", str(sweep_videos),
-                "--budget-videos", str(budget_videos), "--sizes", sizes, "--threads", str(threads),
-                "--no-progress"]
-        run_parts_in_parallel(Path(out), seeds, jobs, argv + [a for o in overrides for a in ("--set", o)])
-    result = run_study(out, seeds, scale, taus, sweep_videos, budget_videos, progress=not no_progress,
-                       overrides=overrides, counts=counts)
+    result = run_study(out, settings, jobs=jobs, progress=not no_progress)
     click.echo(format_study(result))
-    click.echo(str(Path(out) / "study.json"))
+    click.echo(str(out / "study.json"))
 
 
 if __name__ == "__main__":

@@ -196,6 +196,29 @@ def test_losses_normaliser_weights_and_empty_videos():
     assert l["reg_loss"].item() == 0.0 and l["reg_loss"].requires_grad
 
 
+def test_ignore_regions_leave_their_points_out_of_the_classification_loss_only():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(num_classes=1)).eval()
+    feats, mask = torch.randn(1, 16, 64), torch.ones(1, 64, dtype=torch.bool)
+    out = model(feats, mask)
+    out["cls_logits"].retain_grad()
+    segs, labels = [torch.tensor([[10.0, 13.0]])], [torch.tensor([0])]
+    # one region of unknown label far from the action, one over the action itself
+    ignore = [torch.tensor([[30.0, 40.0], [9.0, 14.0]])]
+    losses = model.losses(out, segs, labels, gt_ignore=ignore)
+    losses["cls_loss"].backward(retain_graph=True)
+    grad = out["cls_logits"].grad[0, :, 0]
+    t = out["points"][:, 0]
+    inside_far = (t > 30) & (t < 40)
+    positive = (t > 10) & (t < 13) & (out["points"][:, 3] == 1)
+    assert inside_far.any() and (grad[inside_far] == 0).all()  # neither action nor background there
+    assert (grad[positive] != 0).all()  # a positive stays a positive inside an ignore region
+    assert (grad[(t < 5) | (t > 50)] != 0).all()  # background elsewhere is still background
+    plain = model.losses(out, segs, labels)
+    assert losses["reg_loss"].item() == plain["reg_loss"].item()
+    assert losses["cls_loss"].item() < plain["cls_loss"].item()
+
+
 def test_label_smoothing_changes_targets():
     torch.manual_seed(0)
     model = build_model(tiny_cfg()).eval()

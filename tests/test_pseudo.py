@@ -85,7 +85,35 @@ def test_nonfinite_proposals_are_ignored():
     assert len(r.segments) == 0
 
 
-@pytest.mark.parametrize("kw", [dict(threshold=1.5), dict(top_k=0), dict(dedup_iou=0.0), dict(min_duration=-1)])
+def test_unsure_proposals_become_ignore_regions_after_dedup():
+    segs = [[0, 10], [1, 10], [20, 30], [40, 50], [60, 70]]
+    r = _filter(segs, [0.9, 0.5, 0.3, 0.1, 0.01], threshold=0.4, ignore_threshold=0.05)
+    assert r.segments.tolist() == [[0, 10]]
+    # [1, 10] duplicates the kept [0, 10]: dropped, not ignored; below 0.05: background
+    assert r.ignore.tolist() == [[20, 30, 0.3], [40, 50, 0.1]]
+    assert _filter(segs, [0.9, 0.5, 0.3, 0.1, 0.01], threshold=0.4).ignore.shape == (0, 3)
+
+
+def test_ignore_regions_survive_the_file_and_refilter_exactly(tmp_path):
+    from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation, load_annotations, write_official
+    from tal.pseudo import refilter
+
+    cand = [[0, 10, 0.9], [20, 30, 0.3], [40, 50, 0.1], [60, 70, 0.02]]
+    video = VideoAnnotation("v", "training", 100.0, 30.0,
+                            [Segment(a, b, "action", c, True) for a, b, c in cand if c >= 0.2],
+                            [(a, b, c) for a, b, c in cand if 0.01 <= c < 0.2])
+    src = tmp_path / "pl.json"
+    write_official(AnnotationSet({"v": video}), src)
+    assert load_annotations(src).videos["v"].ignore == [(40.0, 50.0, 0.1), (60.0, 70.0, 0.02)]
+    refilter(src, tmp_path / "re.json", FilterConfig(threshold=0.25, ignore_threshold=0.05))
+    again = load_annotations(tmp_path / "re.json").videos["v"]
+    direct = _filter([c[:2] for c in cand], [c[2] for c in cand], threshold=0.25, ignore_threshold=0.05)
+    assert [[s.start, s.end, s.score] for s in again.segments] == np.c_[direct.segments, direct.scores].tolist()
+    assert [list(r) for r in again.ignore] == direct.ignore.tolist()
+
+
+@pytest.mark.parametrize("kw", [dict(threshold=1.5), dict(top_k=0), dict(dedup_iou=0.0), dict(min_duration=-1),
+                                dict(threshold=0.2, ignore_threshold=0.3)])
 def test_bad_filter_settings_are_refused(kw):
     with pytest.raises(PseudoLabelError):
         FilterConfig(**kw)

@@ -1,80 +1,120 @@
-"""`make study` on a tiny simulated benchmark: every part of the report, the ceilings, per-seed processes."""
+"""`make study` on a tiny simulated benchmark: ceiling recovery, ablations from a shared stage 1, scaling at
+fixed compute and mix, the τ sweep, resuming, and tasks in their own processes."""
 
 import json
 import subprocess
 import sys
 
 import pytest
+import yaml
 
-from tal.study import pseudo_label_quality, run_study
+from tal.study import StudySettings, collect, run_study, task_dir
 from test_pseudo import TINY_SETS
 
-COUNTS = {"curated_train": 8, "curated_test": 6, "web_test": 6}
-ARGS = dict(seeds=(0, 1), scale=(0, 4, 8), taus=(0.05, 0.4), sweep_videos=8, budget_videos=6,
-            progress=False, overrides=TINY_SETS, counts=COUNTS)
+SIZES = {"curated_train": 10, "web": 8, "curated_test": 6, "web_test": 6}
+
+
+def tiny_settings(**kw) -> StudySettings:
+    base = dict(seeds=[0, 1], ablations=["no-ignore", "rounds-2"], scale=[0, 4, 12], taus=[0.2],
+                overrides=list(TINY_SETS), counts=dict(SIZES))
+    base.update(kw)
+    return StudySettings(**base)
+
+
+def _value(summary: dict, keys) -> float:
+    for key in keys:
+        summary = summary[key]
+    return summary
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    return out, run_study(out, **ARGS)
+    return out, run_study(out, tiny_settings(), progress=False)
 
 
-def test_study_reports_stages_scaling_sweep_and_ceilings(study):
+def test_headline_is_the_ceiling_recovery_of_every_seed(study):
     out, result = study
-    assert result["simulated"] and set(result["per_seed"]) == {0, 1}
-    assert sorted(int(n) for n in result["scaling"]) == [0, 4, 8]
-    assert sorted(float(t) for t in result["tau_sweep"]) == [0.05, 0.4]
-    for label, row in result["summary"].items():
-        assert set(row) == {"stage1", "stage2", "delta", "stage2_oracle", "stage1_all_classes"}, label
-        assert 0.0 <= row["stage2"]["mean"] <= 1.0
-    seed0 = result["per_seed"][0]
-    assert seed0["stage1"] == result["scaling"][0]  # N = 0 is stage 1 itself
-    # the scaling files are nested: more videos, at least as many pseudo-labels
-    counts = [result["scaling"][n]["pseudo_labels"] for n in (4, 8)]
-    assert counts[0] <= counts[1]
-    # variants other than the main one keep its labelled : pseudo mix (6 web : 8 labelled), at the same compute
-    import yaml
-
-    assert result["pseudo_mix"] == pytest.approx(6 / 14)
-    mixed = yaml.safe_load((out / "seed0" / "stage2_n8_tau0.05_mix0.429_clips14" / "config.yaml").read_text())
-    assert mixed["data"]["pseudo_ratio"] == pytest.approx(6 / 14) and mixed["data"]["epoch_clips"] == 14
-    main = yaml.safe_load((out / "seed0" / "stage2_n6_tau0.05" / "config.yaml").read_text())
-    assert main["data"]["pseudo_ratio"] is None
-    # a higher τ keeps fewer pseudo-labels
-    assert result["tau_sweep"][0.4]["pseudo_labels"] <= result["tau_sweep"][0.05]["pseudo_labels"]
+    assert result["simulated"] and result["seeds_done"] == [0, 1]
+    for label, keys in (("novel-only", ("novel_only",)), ("base (generalized)", ("generalized", "base"))):
+        per_seed = []
+        for seed in (0, 1):
+            report = json.loads((task_dir(out, f"main:{seed}") / "report.json").read_text())
+            s1, s2, top = (_value(report[stage], keys) for stage in ("stage1", "stage2", "ceiling"))
+            per_seed.append((s2 - s1) / (top - s1) if top > s1 else float("nan"))
+        row = result["main"][label]["recovery"]
+        finite = [r for r in per_seed if r == r]
+        assert row["n"] == len(finite) and (not finite or row["mean"] == pytest.approx(sum(finite) / len(finite)))
+    ratio = result["stage1_novel_base_ratio"]
+    assert set(ratio["per_seed"]) == {0, 1}
+    assert result["pseudo_quality"]["precision@0.5"]["n"] == 2
     text = (out / "study.txt").read_text()
-    assert "SIMULATED" in text and "perfect PL" in text and "τ = 0.4" in text
+    assert "SIMULATED" in text and "recovered" in text and "novel / base" in text and "rounds-2" in text
     for name in ("study_stages.png", "study_scaling.png", "study_tau.png"):
         assert (out / name).stat().st_size > 1000
 
 
-def test_oracle_pseudo_labels_are_the_hidden_truth_of_the_same_videos(study):
-    out, _ = study
-    for seed, main in ((0, "pseudo_n6_tau0.05.json"), (1, "pseudo_round1.json")):
-        oracle = out / f"seed{seed}" / "pseudo_oracle.json"
-        videos = lambda p: set(json.loads(p.read_text())["database"])  # noqa: E731
-        assert videos(oracle) == videos(out / f"seed{seed}" / main)
-        quality = pseudo_label_quality(oracle, out / f"data_seed{seed}" / "web.json")
-        assert quality["precision@0.5"] == quality["recall@0.5"] == 1.0
-    all_classes = json.loads((out / "data_seed1_all_classes" / "curated_train.json").read_text())
-    split = json.loads((out / "data_seed1" / "split.json").read_text())
-    labels = {s["label"] for v in all_classes["database"].values() for s in v["annotations"]}
-    assert labels & set(split["novel"])  # the ceiling's stage 1 does see novel classes
-
-
-def test_rerun_collects_finished_parts_without_training(study, tmp_path):
+def test_ablations_start_from_the_main_runs_stage_1(study):
     out, result = study
-    parts = {s: (out / f"seed{s}" / "part.json").stat().st_mtime_ns for s in (0, 1)}
-    again = run_study(out, **ARGS)
-    assert {s: (out / f"seed{s}" / "part.json").stat().st_mtime_ns for s in (0, 1)} == parts
-    assert again["summary"] == json.loads(json.dumps(result["summary"]))
+    for seed in (0, 1):
+        main = task_dir(out, f"main:{seed}")
+        for name in ("no-ignore", "rounds-2"):
+            variant = task_dir(out, f"ablation:{seed}:{name}")
+            assert (variant / "stage1" / "last.pt").read_bytes() == (main / "stage1" / "last.pt").read_bytes()
+        # no ignore regions: its pseudo-labels hold none; the default's do
+        plain = json.loads((task_dir(out, f"ablation:{seed}:no-ignore") / "pseudo_round1.json").read_text())
+        assert plain["provenance"]["ignore_threshold"] is None
+        assert not any(v.get("ignore") for v in plain["database"].values())
+        assert json.loads((main / "pseudo_round1.json").read_text())["provenance"]["ignore_threshold"] is not None
+        rounds = json.loads((task_dir(out, f"ablation:{seed}:rounds-2") / "report.json").read_text())
+        assert "stage3" in rounds and rounds["stage2"] == json.loads((main / "report.json").read_text())["stage2"]
+    assert result["ablations"]["rounds-2"]["novel-only"]["n"] == 2
 
 
-def test_only_seed_must_be_one_of_the_seeds(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tal.study", "--out", str(tmp_path), "--seeds", "0,1",
-                           "--only-seed", "5", "--no-progress"], capture_output=True, text=True)
-    assert proc.returncode == 2 and "--only-seed 5 is not one of --seeds" in proc.stderr
+def test_scaling_keeps_compute_and_mix_and_nests_the_web_videos(study):
+    out, result = study
+    assert sorted(result["scaling"], key=float) == ["0", "4", "12"]
+    assert result["scaling"]["0"] == json.loads((task_dir(out, "main:0") / "report.json").read_text())["stage1"]
+    cfg = yaml.safe_load((task_dir(out, "scale:0:12") / "stage2" / "config.yaml").read_text())
+    assert cfg["data"]["pseudo_ratio"] == pytest.approx(8 / 18) and cfg["data"]["epoch_clips"] == 18
+    counts = [result["scaling"][n]["pseudo_quality"]["true_actions"] for n in ("4", "12")]
+    assert counts[0] < counts[1]  # more unlabelled videos, more (nested) truth behind the pseudo-labels
+    assert result["tau_sweep"]["0.2"]["pseudo_labels"] > 0
+
+
+def test_rerun_collects_without_training_and_other_settings_are_refused(study):
+    out, result = study
+    stamp = (task_dir(out, "main:0") / "result.json").stat().st_mtime_ns
+    again = run_study(out, tiny_settings(), progress=False)
+    assert (task_dir(out, "main:0") / "result.json").stat().st_mtime_ns == stamp
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (nan == nan)
+    assert same(again["main"], result["main"])
+    with pytest.raises(Exception, match="other settings.*taus"):
+        run_study(out, tiny_settings(taus=[0.3]), progress=False)
+    assert same(collect(out, tiny_settings())["main"], again["main"])
+
+
+def test_cli_runs_tasks_in_parallel_processes(tmp_path):
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "tal.study", "--out", str(out), "--seeds", "4", "--ablations", "weight-1,in-domain",
+           "--scale", "", "--taus", "", "--sizes", "curated_train=8,web=6,curated_test=4,web_test=4",
+           "--jobs", "2", "--no-progress"] + [a for item in TINY_SETS for a in ("--set", item)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(out / "study.json")
+    result = json.loads((out / "study.json").read_text())
+    assert result["seeds_done"] == [4] and set(result["ablations"]) == {"weight-1", "in-domain"}
+    assert "novel-only own ceiling" in result["ablations"]["in-domain"]
+    for task in ("main_4", "ablation_4_weight-1"):
+        assert "done" in (out / "logs" / f"{task}.log").read_text()  # each task ran in its own process
+
+
+@pytest.mark.parametrize("args, message", [(["--sizes", "web=0"], "--sizes"), (["--seeds", "a"], "integers"),
+                                           (["--ablations", "nope"], "unknown ablation")])
+def test_bad_options_are_usage_errors(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "tal.study", "--out", str(tmp_path)] + args, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_proposal_recall_counts_top_k_matches_per_class_group():
@@ -96,22 +136,3 @@ def test_proposal_recall_counts_top_k_matches_per_class_group():
     assert recall_at_k(gt, props, ["swim"], 1, 0.95) == (0.0, 2)  # tIoU 0.9 < 0.95
     assert recall_at_k(gt, {}, ["run"], 10, 0.5) == (0.0, 1)
 
-
-def test_cli_runs_seeds_in_parallel_processes_then_collects(tmp_path):
-    out = tmp_path / "study"
-    cmd = [sys.executable, "-m", "tal.study", "--out", str(out), "--seeds", "4,5", "--scale", "0,4", "--taus", "0.2",
-           "--sweep-videos", "4", "--budget-videos", "4", "--sizes", "curated_train=6,curated_test=4,web_test=4",
-           "--jobs", "2", "--no-progress"] + [a for item in TINY_SETS for a in ("--set", item)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == str(out / "study.json")
-    result = json.loads((out / "study.json").read_text())
-    assert set(result["per_seed"]) == {"4", "5"} and "summary" in result
-    for seed in (4, 5):
-        assert "done" in (out / f"seed{seed}.log").read_text()  # each seed ran in its own process
-
-
-def test_bad_sizes_are_a_usage_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tal.study", "--out", str(tmp_path), "--sizes", "web=5"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2 and "--sizes" in proc.stderr and "'web=5'" in proc.stderr
