@@ -79,6 +79,7 @@ class SelfTrainConfig:
     skip_missing: bool = False  # score test sets even when many annotated videos are not in their store
     unlabeled_truth: str | None = None  # analysis only: the unlabelled videos' true segments
     ceiling: bool = False  # also train stage 2 on unlabeled_truth (same recipe): what self-training could reach
+    floor: bool = False  # also train stage 2's recipe on the human labels alone, at stage 2's compute
 
     def validate(self) -> None:
         if self.rounds < 0:
@@ -172,11 +173,18 @@ def stage_inputs(cfg: SelfTrainConfig, pseudo=()):
 
 
 def train_stage(cfg: SelfTrainConfig, run_dir: Path, pseudo: list[Path], init_from: Path | None,
-                 progress: bool) -> Path:
+                 progress: bool, floor: bool = False) -> Path:
+    """One stage's training. ``floor``: the later stages' recipe on the human labels alone, at the compute
+    of a stage with pseudo-labels (an epoch of as many clips as labelled + unlabelled videos)."""
     from tal.train import train
 
-    run_cfg = stage_run_config(cfg, later=bool(pseudo))
+    run_cfg = stage_run_config(cfg, later=bool(pseudo) or floor)
     inputs = stage_inputs(cfg, pseudo)
+    if floor:
+        from tal.crossfit import labelled_videos
+
+        clips = len(labelled_videos(inputs).videos) + _count_videos([cfg.unlabeled_features])
+        run_cfg.data.epoch_clips = clips
     init = {}
     if init_from is not None and cfg.init == "ema":
         init["init_ema_from"] = init_from
@@ -277,18 +285,21 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
             oracle_pseudo_labels(cfg.unlabeled_truth, out / "pseudo_round1.json", truth)
         stages["ceiling"] = _train_and_evaluate(cfg, state, out / "ceiling", [truth], out / "stage1" / "last.pt",
                                                 progress)
+    if cfg.floor and cfg.rounds >= 1:
+        stages["floor"] = _train_and_evaluate(cfg, state, out / "floor", [], out / "stage1" / "last.pt", progress,
+                                              floor=True)
     report = build_report(cfg, out, stages, pseudo_counts)
     write_report(report, out)
     return report
 
 
-def _train_and_evaluate(cfg, state, run_dir: Path, pseudo, init_from, progress) -> dict:
+def _train_and_evaluate(cfg, state, run_dir: Path, pseudo, init_from, progress, floor: bool = False) -> dict:
     """One stage's training and evaluation steps; the stage's summary (empty without test sets)."""
     name = run_dir.name
     step = f"{name}.train"
     if not state.finished(step):
         log.info("%s: training%s", step, f" on labels + {pseudo[0].name}" if pseudo else " on human labels")
-        train_stage(cfg, run_dir, pseudo, init_from, progress)
+        train_stage(cfg, run_dir, pseudo, init_from, progress, floor=floor)
         state.mark(step)
     if not cfg.tests:
         return {}
@@ -437,7 +448,7 @@ def stage_names(report: dict) -> list[str]:
 def format_table(report: dict) -> str:
     """Average mAP (%) per protocol (rows) and stage (columns), the stage-2 minus stage-1 change and, with a
     ceiling, the ceiling and the share of its gain recovered; then the pseudo-labels' quality when known."""
-    names = stage_names(report) + (["ceiling"] if "ceiling" in report else [])
+    names = stage_names(report) + [k for k in ("floor", "ceiling") if k in report]
     rows = [(label, [_lookup(report[n], keys) for n in names]) for label, keys in PROTOCOL_ROWS]
     rows = [(label, vals) for label, vals in rows if not all(math.isnan(v) for v in vals)]
     if not rows:

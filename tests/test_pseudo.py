@@ -306,10 +306,11 @@ def make_tiny_store(path, world, n_videos, classes, seed, rows=(40, 64), prefix=
 
 
 def make_labelled_and_web(root, n_web: int) -> dict:
-    """24 labelled videos of base classes (lab.zarr/.json), n_web unlabelled ones (web.zarr), split.json."""
+    """24 labelled videos of base classes (lab.zarr/.json), n_web unlabelled ones (web.zarr; their truth, for
+    analysis only, in web.json), split.json."""
     world = tiny_world()
     make_tiny_store(root / "lab.zarr", world, 24, TINY_SPLIT["base"], seed=1, ann_path=root / "lab.json")
-    make_tiny_store(root / "web.zarr", world, n_web, TINY_CLASSES, seed=2, prefix="w")
+    make_tiny_store(root / "web.zarr", world, n_web, TINY_CLASSES, seed=2, prefix="w", ann_path=root / "web.json")
     (root / "split.json").write_text(json.dumps(TINY_SPLIT))
     return world
 

@@ -12,8 +12,10 @@ import torch
 
 from test_pseudo import TINY_CLASSES, TINY_SETS, make_labelled_and_web, make_tiny_store
 
-from tal.pseudo import FilterConfig
-from tal.selftrain import SelfTrainConfig, SelfTrainError, EvalSet, format_table, run_selftrain
+from tal.pseudo import FilterConfig, pseudo_label_quality
+from tal.selftrain import (PROTOCOL_ROWS, EvalSet, SelfTrainConfig, SelfTrainError, _lookup, evaluate_stage, format_table,
+                           run_selftrain, stage_run_config, summarize)
+from tal.thresholds import ThresholdRule
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -177,3 +179,73 @@ def test_pseudo_labels_for_videos_missing_from_the_stores_are_refused(reference_
         args += ["--set", item]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 1 and "pseudo_round1.json" in r.output and "w000000" in r.output, r.output
+
+
+@pytest.fixture(scope="module")
+def chosen_run(tiny_data, tmp_path_factory):
+    """The default rule (thresholds from cross-fitted stage-1 models), with the web truth, a ceiling and a floor."""
+    out = tmp_path_factory.mktemp("st_chosen") / "run"
+    cfg = _config(tiny_data, unlabeled_truth=str(tiny_data / "web.json"), ceiling=True, floor=True)
+    cfg.threshold_rule = ThresholdRule(precision=0.5, recall=0.9)
+    return out, run_selftrain(cfg, out, progress=False)
+
+
+def test_thresholds_chosen_on_held_out_videos_are_recorded_with_why(chosen_run):
+    out, report = chosen_run
+    choice = json.loads((out / "thresholds" / "choice.json").read_text())
+    prov = json.loads((out / "pseudo_round1.json").read_text())["provenance"]
+    assert prov["threshold"] == choice["threshold"] == report["threshold"]
+    assert prov["ignore_threshold"] == choice["ignore_threshold"] <= choice["threshold"]
+    assert prov["threshold_choice"] == choice and "held-out" in prov["threshold_source"]
+    folds = [json.loads((out / "thresholds" / f"fold{k}" / "heldout.json").read_text()) for k in range(2)]
+    assert choice["heldout_instances"] == sum(f["num_instances"] for f in folds) > 0
+    # the two folds trained on disjoint halves of the 24 labelled videos
+    halves = [set(json.loads((out / "thresholds" / f"fold{k}" / "train.json").read_text())["database"])
+              for k in range(2)]
+    assert not halves[0] & halves[1] and len(halves[0] | halves[1]) == 24
+    state = json.loads((out / "state.json").read_text())["done"]
+    assert state.index("stage1.thresholds") < state.index("round1.pseudo")
+
+
+def test_ceiling_floor_and_recovery_are_reported(chosen_run, tiny_data):
+    out, report = chosen_run
+    for stage in ("ceiling", "floor"):
+        assert report[stage] == summarize(json.loads((out / stage / "eval.json").read_text()))
+    # the ceiling trained on the web videos' truth, the floor on the labels alone at stage 2's compute
+    truth = json.loads((out / "ceiling_labels.json").read_text())["database"]
+    web = json.loads((tiny_data / "web.json").read_text())["database"]
+    assert {v: [a["segment"] for a in x["annotations"]] for v, x in truth.items()} == \
+        {v: [a["segment"] for a in x["annotations"]] for v, x in web.items()}
+    floor = torch.load(out / "floor" / "last.pt", weights_only=True)
+    assert floor["inputs"]["pseudo"] == [] and floor["config"]["data"]["epoch_clips"] == 24 + 32
+    for label, keys in PROTOCOL_ROWS:
+        s1, s2, top = (_lookup(report[k], keys) for k in ("stage1", "stage2", "ceiling"))
+        if top > s1:
+            assert report["recovery"][label] == pytest.approx((s2 - s1) / (top - s1))
+    quality = report["counts"]["pseudo_label_details"]["round1.pseudo"]["quality"]
+    assert quality == pseudo_label_quality(out / "pseudo_round1.json", tiny_data / "web.json")
+    assert "recovered" in format_table(report) and f"precision {quality['precision@0.5']:.3f}" in format_table(report)
+
+
+def test_stage_options_do_not_leak_into_stage_1(tiny_data):
+    cfg = _config(tiny_data, pseudo_ratio=0.5, pseudo_weight="1", later_overrides=["train.epochs=1"])
+    first, later = stage_run_config(cfg, later=False), stage_run_config(cfg, later=True)
+    assert first.data.pseudo_ratio is None and first.data.pseudo_weight == "score" and first.train.epochs == 2
+    assert later.data.pseudo_ratio == 0.5 and later.data.pseudo_weight == "1" and later.train.epochs == 1
+
+
+def test_test_videos_missing_from_the_store_are_refused_unless_skipped(reference_run, tiny_data, tmp_path):
+    from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation, load_annotations, write_official
+
+    gt = load_annotations(tiny_data / "test.json")
+    extra = {f"gone{i}": VideoAnnotation(f"gone{i}", "testing", 10.0, 30.0, [Segment(1.0, 2.0, "jump")])
+             for i in range(3)}
+    write_official(AnnotationSet({**gt.videos, **extra}), tmp_path / "test_more.json")
+    cfg = _config(tiny_data)
+    cfg.tests = [EvalSet(str(tiny_data / "test.zarr"), str(tmp_path / "test_more.json"))]
+    ckpt = reference_run[0] / "stage1" / "last.pt"
+    with pytest.raises(SelfTrainError, match="3 of 15 annotated videos are not in"):
+        evaluate_stage(ckpt, cfg)
+    cfg.skip_missing = True
+    result = evaluate_stage(ckpt, cfg)
+    assert result["generalized"]["videos_missing"] == 3 and result["generalized"]["videos_scored"] == 12

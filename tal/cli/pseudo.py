@@ -20,6 +20,9 @@ from tal.pseudo import FilterConfig, PseudoLabelError, merge_parts, parts_dir_fo
 @click.option("--features", "store", type=click.Path(exists=True), help="Unlabelled feature store (.zarr/.h5).")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), help="Stage-1 agnostic checkpoint.")
 @click.option("--threshold", default=0.05, show_default=True, type=float, help="Keep proposals scoring >= this (τ).")
+@click.option("--ignore-threshold", default=None, type=float,
+              help="Proposals scoring in [this, τ) become ignore regions: stage 2 learns them neither as actions "
+                   "nor as background (default: none, everything below τ is background).")
 @click.option("--top-k", default=None, type=click.IntRange(min=1), help="At most K pseudo-labels per video.")
 @click.option("--dedup-iou", default=0.5, show_default=True, type=float,
               help="Drop a proposal overlapping a better one by tIoU >= this; 1 disables.")
@@ -33,7 +36,7 @@ from tal.pseudo import FilterConfig, PseudoLabelError, merge_parts, parts_dir_fo
 @click.option("--out", type=click.Path(dir_okay=False), help="Pseudo-label file (official annotation JSON).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def main(ctx, store, checkpoint, threshold, top_k, dedup_iou, min_duration, shard, batch_size, num_workers, device,
+def main(ctx, store, checkpoint, threshold, ignore_threshold, top_k, dedup_iou, min_duration, shard, batch_size, num_workers, device,
          out, quiet):
     """Write class-agnostic pseudo-labels (label "action", score, pseudo: true) for every video of a store.
 
@@ -48,7 +51,8 @@ def main(ctx, store, checkpoint, threshold, top_k, dedup_iou, min_duration, shar
     if missing:
         raise click.UsageError(f"missing option(s): {', '.join(missing)}")
     try:  # bad option values: usage errors (exit 2)
-        cfg = FilterConfig(threshold=threshold, top_k=top_k, dedup_iou=None if dedup_iou >= 1 else dedup_iou,
+        cfg = FilterConfig(threshold=threshold, ignore_threshold=ignore_threshold, top_k=top_k,
+                           dedup_iou=None if dedup_iou >= 1 else dedup_iou,
                            min_duration=min_duration)
     except PseudoLabelError as e:
         raise click.BadParameter(str(e)) from None

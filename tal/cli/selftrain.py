@@ -74,13 +74,16 @@ from tal.config import PRESETS
 @click.option("--ceiling", is_flag=True,
               help="With --unlabeled-truth: also train stage 2 on the true segments (same recipe) and report how "
                    "much of its gain self-training recovers.")
+@click.option("--floor", is_flag=True,
+              help="Also train stage 2's recipe on the human labels alone, at stage 2's compute: what the unlabelled "
+                   "videos add beyond more training.")
 @click.option("--simulated", is_flag=True, help="Label every output as simulated data.")
 @click.option("--no-progress", is_flag=True)
 def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds, threshold, ignore_threshold,
          target_precision, target_recall, folds, top_k, dedup_iou, min_duration, split, classes, subset, prefer_store,
          preset, overrides, later_overrides, seed, init, pseudo_ratio, pseudo_weight, test_features, test_annotations,
-         cross_features, cross_annotations, test_subset, vocab, skip_missing, unlabeled_truth, ceiling, simulated,
-         no_progress):
+         cross_features, cross_annotations, test_subset, vocab, skip_missing, unlabeled_truth, ceiling, floor,
+         simulated, no_progress):
     """Self-train a class-agnostic localizer on labelled + pseudo-labelled videos; prints the stage table."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from tal.pseudo import FilterConfig, PseudoLabelError
@@ -108,7 +111,7 @@ def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds,
                           preset=preset, overrides=list(overrides), later_overrides=list(later_overrides), seed=seed,
                           init=init, pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, tests=tests, vocab=vocab,
                           simulated=simulated, prefer_store=prefer_store, skip_missing=skip_missing,
-                          unlabeled_truth=unlabeled_truth, ceiling=ceiling)
+                          unlabeled_truth=unlabeled_truth, ceiling=ceiling, floor=floor)
     report = run_selftrain(cfg, out, progress=not no_progress)
     click.echo(format_table(report))
     click.echo(f"{out}/report.json")
