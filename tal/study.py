@@ -18,10 +18,11 @@ On the first seed only:
    main run's compute and labelled : pseudo mix, so that only the number of distinct web videos changes;
 4. ``τ sweep``: stage 2 on pseudo-labels at fixed thresholds (``--taus``) beside the chosen one.
 
-Every part is a resumable task writing ``result.json`` in its folder; ``--jobs N`` runs N tasks at a time, one
-process each (logs in ``OUT/logs/``), in three waves (main runs; ablations and the shared pseudo-label files;
-scaling and τ variants). The plain command collects what is finished into ``study.json``, ``study.txt`` and
-``study_*.png``; every figure is labelled SIMULATED.
+Every part is a resumable task writing ``result.json`` in its folder: per seed a ``base`` task (the data, stage 1
+and its thresholds, which every other run of the seed copies), then ``main``, the ablations and, on the first seed,
+the shared pseudo-label files and the scaling and τ variants. ``--jobs N`` runs N tasks at a time, one process
+each (logs in ``OUT/logs/``), each as soon as what it depends on is done. The plain command collects what is
+finished into ``study.json``, ``study.txt`` and ``study_*.png``; every figure is labelled SIMULATED.
 """
 
 from __future__ import annotations
@@ -122,8 +123,8 @@ def ablation_config(cfg: SelfTrainConfig, name: str) -> SelfTrainConfig:
 
 # --------------------------------------------------------------------------------------------- tasks
 def run_task(out: Path, task: str, settings: StudySettings, progress: bool = False) -> dict:
-    """Run (or reuse) one task — ``main:S``, ``ablation:S:NAME``, ``scale-pl:S``, ``scale:S:N``, ``tau-pl:S``,
-    ``tau:S:T`` — and return its summary (cached in its folder's ``result.json``)."""
+    """Run (or reuse) one task — ``base:S``, ``main:S``, ``ablation:S:NAME``, ``scale-pl:S``, ``scale:S:N``,
+    ``tau-pl:S``, ``tau:S:T`` — and return its summary (cached in its folder's ``result.json``)."""
     kind, seed, arg = _parse_task(task)
     folder = task_dir(out, task)
     done = folder / "result.json"
@@ -131,15 +132,18 @@ def run_task(out: Path, task: str, settings: StudySettings, progress: bool = Fal
         return json.loads(done.read_text())
     paths = data_paths(out, seed, settings, progress)
     cfg = main_config(paths, seed, settings)
-    main_dir = task_dir(out, f"main:{seed}")
-    if kind == "main":
+    base_dir = task_dir(out, f"base:{seed}")
+    if kind == "base":
+        result = _base(cfg, folder, paths, progress)
+    elif kind == "main":
+        share_stage1(base_dir, folder, same_rule=True)
         result = _selftrain(cfg, folder, paths, progress)
         result["false_positives"] = false_positive_profiles(folder, cfg, ("stage1", "stage2", "ceiling"))
     elif kind == "ablation":
         variant = ablation_config(cfg, arg)
-        share_stage1(main_dir, folder, same_rule=variant.threshold_rule == cfg.threshold_rule)
+        share_stage1(base_dir, folder, same_rule=variant.threshold_rule == cfg.threshold_rule)
         if arg == "rounds-2":
-            _share(main_dir, folder, ["round1.pseudo", "stage2.train", "stage2.eval"],
+            _share(task_dir(out, f"main:{seed}"), folder, ["round1.pseudo", "stage2.train", "stage2.eval"],
                    ["pseudo_round1.json", "stage2"])
         if arg == "in-domain":
             store, truth = _extra_split(out, seed, settings, "curated_unlabelled", "curated",
@@ -148,19 +152,41 @@ def run_task(out: Path, task: str, settings: StudySettings, progress: bool = Fal
             paths = dict(paths, web_annotations=truth)
         result = _selftrain(variant, folder, paths, progress)
     elif kind in ("scale-pl", "tau-pl"):
-        result = _shared_pseudo_labels(out, kind, seed, cfg, paths, main_dir, progress)
+        result = _shared_pseudo_labels(out, kind, seed, cfg, paths, base_dir, progress)
     else:  # scale:S:N, tau:S:T
-        result = _stage2_variant(out, kind, seed, arg, cfg, main_dir, paths, progress)
+        result = _stage2_variant(out, kind, seed, arg, cfg, base_dir, paths, progress)
     atomic_write_json(done, result)
     return result
 
 
+def _base(cfg: SelfTrainConfig, folder: Path, paths: dict, progress: bool) -> dict:
+    """What every run of a seed shares: stage 1, its evaluation and the pseudo-label thresholds it implies."""
+    from tal.selftrain import RunState, pseudo_filter, run_selftrain
+
+    first = dataclasses.replace(cfg, rounds=0, ceiling=False, floor=False)
+    report = run_selftrain(first, folder, progress=progress)
+    filt, why = pseudo_filter(first, RunState(folder, first), folder, progress)
+    return {"stage1": report["stage1"], "counts": report["counts"], "threshold": filt.threshold,
+            "ignore_threshold": filt.ignore_threshold}
+
+
+def task_dependencies(task: str) -> list[str]:
+    kind, seed, arg = _parse_task(task)
+    if kind == "base":
+        return []
+    if kind in ("scale", "tau"):
+        return [f"{kind}-pl:{seed}"]
+    if kind == "ablation" and arg == "rounds-2":
+        return [f"main:{seed}"]
+    return [f"base:{seed}"]
+
+
 def _parse_task(task: str):
     parts = task.split(":")
-    kinds = {"main": 2, "ablation": 3, "scale-pl": 2, "scale": 3, "tau-pl": 2, "tau": 3}
+    kinds = {"base": 2, "main": 2, "ablation": 3, "scale-pl": 2, "scale": 3, "tau-pl": 2, "tau": 3}
     if parts[0] not in kinds or len(parts) != kinds[parts[0]] or not parts[1].lstrip("-").isdigit():
-        raise click.BadParameter(f"{task!r}: expected main:S, ablation:S:NAME, scale-pl:S, scale:S:N, tau-pl:S or "
-                                 "tau:S:T", param_hint="--task")
+        raise click.BadParameter(f"{task!r}: expected base:S, main:S, ablation:S:NAME, scale-pl:S, scale:S:N, "
+                                 "tau-pl:S or tau:S:T", param_hint="--task")
     return parts[0], int(parts[1]), parts[2] if len(parts) == 3 else None
 
 
@@ -235,17 +261,17 @@ def _share(src: Path, dst: Path, steps: list, files: list) -> None:
     atomic_write_json(state_path, {"done": done + [s for s in steps if s not in done]})
 
 
-def _shared_pseudo_labels(out, kind, seed, cfg, paths, main_dir: Path, progress) -> dict:
+def _shared_pseudo_labels(out, kind, seed, cfg, paths, base_dir: Path, progress) -> dict:
     """``scale-pl``: the chosen filter over a web store of max(--scale) videos (its first 400 are the main
     run's); ``tau-pl``: the main web store at the smallest τ, no ignore regions (re-filtered per τ)."""
     from tal.pseudo import pseudo_label_store
 
     settings = _settings_of(out)
-    stage1 = main_dir / "stage1" / "last.pt"
+    stage1 = base_dir / "stage1" / "last.pt"
     folder = task_dir(out, f"{kind}:{seed}")
     if kind == "scale-pl":
         store, _ = _extra_split(out, seed, settings, "web_scale", "web", max(settings.scale), progress, "web")
-        choice = json.loads((main_dir / "thresholds" / "choice.json").read_text())
+        choice = json.loads((base_dir / "thresholds" / "choice.json").read_text())
         filt = dataclasses.replace(cfg.filter, threshold=choice["threshold"],
                                    ignore_threshold=choice.get("ignore_threshold"))
     else:
@@ -272,25 +298,23 @@ def _extra_split(out: Path, seed: int, settings: StudySettings, name: str, domai
     return store, truth
 
 
-def _stage2_variant(out, kind, seed, arg, cfg, main_dir: Path, paths, progress) -> dict:
+def _stage2_variant(out, kind, seed, arg, cfg, base_dir: Path, paths, progress) -> dict:
     """Stage 2 from the main run's stage 1 on re-filtered pseudo-labels: the first N videos of the scale store
     (``scale``, at the main run's compute and mix), or a fixed τ without ignore regions (``tau``)."""
     from tal.pseudo import FilterConfig, pseudo_label_quality, refilter
     from tal.selftrain import evaluate_stage, summarize, train_stage
 
     folder = task_dir(out, f"{kind}:{seed}:{arg}")
-    stage1 = main_dir / "stage1" / "last.pt"
+    stage1 = base_dir / "stage1" / "last.pt"
+    base = json.loads((base_dir / "result.json").read_text())
     if kind == "scale" and int(arg) == 0:
-        return json.loads((main_dir / "report.json").read_text())["stage1"]
+        return base["stage1"]
     source = json.loads((task_dir(out, f"{kind}-pl:{seed}") / "result.json").read_text())
     pl = folder / "pseudo.json"
     if kind == "scale":
         n = int(arg)
-        main_run = json.loads((main_dir / "report.json").read_text())["counts"]
-        labelled, web = main_run["labeled_videos"], main_run["unlabeled_videos"]
-        choice = json.loads((main_dir / "thresholds" / "choice.json").read_text())
-        filt = dataclasses.replace(cfg.filter, threshold=choice["threshold"],
-                                   ignore_threshold=choice.get("ignore_threshold"))
+        labelled, web = base["counts"]["labeled_videos"], base["counts"]["unlabeled_videos"]
+        filt = dataclasses.replace(cfg.filter, threshold=base["threshold"], ignore_threshold=base["ignore_threshold"])
         cfg = dataclasses.replace(cfg, unlabeled_features=source["store"], later_overrides=list(
             cfg.later_overrides) + [f"data.pseudo_ratio={web / (labelled + web)}", f"data.epoch_clips={labelled + web}"])
         truth = Path(source["store"]).with_suffix(".json")
@@ -313,33 +337,31 @@ def _settings_of(out: Path) -> StudySettings:
 
 
 # --------------------------------------------------------------------------------------------- the run
-def study_tasks(settings: StudySettings) -> list[list[str]]:
-    """The three waves of tasks; a wave starts once the one before it has finished."""
+def study_tasks(settings: StudySettings) -> list[str]:
+    """Every task of the study, each after the tasks it depends on (:func:`task_dependencies`)."""
     first = settings.seeds[0]
-    waves = [[f"main:{s}" for s in settings.seeds],
-             [f"ablation:{s}:{a}" for a in settings.ablations for s in settings.seeds], []]
+    tasks = [f"base:{s}" for s in settings.seeds] + [f"main:{s}" for s in settings.seeds]
+    tasks += [f"ablation:{s}:{a}" for a in settings.ablations for s in settings.seeds]
     if [n for n in settings.scale if n > 0]:
-        waves[1].append(f"scale-pl:{first}")
-        waves[2] += [f"scale:{first}:{n}" for n in settings.scale]
+        tasks += [f"scale-pl:{first}"] + [f"scale:{first}:{n}" for n in settings.scale]
     if settings.taus:
-        waves[1].append(f"tau-pl:{first}")
-        waves[2] += [f"tau:{first}:{t}" for t in settings.taus]
-    return waves
+        tasks += [f"tau-pl:{first}"] + [f"tau:{first}:{t}" for t in settings.taus]
+    return tasks
 
 
 def run_study(out, settings: StudySettings, jobs: int = 1, progress: bool = True) -> dict:
-    """Run (or resume) every task and collect the study; ``jobs > 1`` runs tasks in that many processes."""
+    """Run (or resume) every task and collect the study; ``jobs > 1`` runs tasks in that many processes, each
+    as soon as the tasks it depends on are done."""
     out = Path(out)
     settings.check()
     start = time.time()
     _record_settings(out, settings)
-    for wave in study_tasks(settings):
-        if jobs > 1:
-            run_in_processes(out, wave, jobs)
-        else:
-            for task in wave:
-                log.info("study task %s", task)
-                run_task(out, task, settings, progress)
+    if jobs > 1:
+        run_in_processes(out, study_tasks(settings), jobs)
+    else:
+        for task in study_tasks(settings):
+            log.info("study task %s", task)
+            run_task(out, task, settings, progress)
     result = collect(out, settings)
     result["elapsed_s"] = round(time.time() - start, 1)
     result["elapsed_note"] = "this command's wall time; tasks finished by an earlier call are not included"
@@ -362,21 +384,26 @@ def _record_settings(out: Path, settings: StudySettings) -> None:
 
 
 def run_in_processes(out: Path, tasks: list[str], jobs: int) -> None:
-    """Each task in its own ``python -m tal.study --task`` process, ``jobs`` at a time; stops at a failure."""
+    """Each task in its own ``python -m tal.study --task`` process, ``jobs`` at a time, started once the tasks
+    it depends on have finished; stops at the first failure."""
     import subprocess
     import sys
 
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    pending = [t for t in tasks if not (task_dir(out, t) / "result.json").exists()]
+    finished = lambda t: (task_dir(out, t) / "result.json").exists()  # noqa: E731
+    pending = [t for t in tasks if not finished(t)]
     running: dict = {}
     while pending or running:
-        while pending and len(running) < jobs:
-            task = pending.pop(0)
+        ready = [t for t in pending if all(finished(d) for d in task_dependencies(t) if d in tasks)]
+        for task in ready[: jobs - len(running)]:
+            pending.remove(task)
             log_path = out / "logs" / f"{task.replace(':', '_')}.log"
             log.info("study task %s: own process, log %s", task, log_path)
             with open(log_path, "a") as fh:
                 running[task] = subprocess.Popen([sys.executable, "-m", "tal.study", "--out", str(out), "--task",
                                                   task, "--no-progress"], stdout=fh, stderr=subprocess.STDOUT)
+        if not running:
+            raise StudyError(f"study tasks {', '.join(pending)} wait on tasks that are not part of this study")
         task, code = _wait_any(running)
         if code != 0:
             for proc in running.values():

@@ -29,7 +29,7 @@ def _items():
     for n in LENGTHS:
         segs = torch.tensor([[0.1 * n, 0.3 * n], [0.5 * n, 0.9 * n], [0.85 * n, n + 0.5]])  # the last runs past the end
         items.append({"feats": torch.randn(16, n, generator=g), "segments": segs, "labels": torch.tensor([0, 1, 1]),
-                      "weights": torch.tensor([1.0, 0.5, 0.8])})
+                      "weights": torch.tensor([1.0, 0.5, 0.8]), "ignore": torch.zeros(0, 2)})
     return items
 
 
