@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from features.errors import StovtalError
-from tal.atomic import atomic_write_json
+from tal.atomic import atomic_open, atomic_write_bytes, atomic_write_json
 from tal.pseudo import FilterConfig, pseudo_label_quality, pseudo_label_store
 from tal.thresholds import ThresholdRule
 
@@ -254,6 +254,8 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
     cfg.validate()
     out = Path(out)
     _check_inputs(cfg)
+    for later in (False, True):  # a bad preset or --set fails here, before the run directory records settings
+        stage_run_config(cfg, later)
     state = RunState(out, cfg)
     ckpt = out / "stage1" / "last.pt"
     stages: dict[str, dict] = {}
@@ -501,18 +503,14 @@ def plot_report(report: dict, path: Path) -> Path | None:
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
 def write_report(report: dict, out: Path) -> None:
     atomic_write_json(out / "report.json", report)
-    text = format_table(report) + "\n"
-    tmp = out / ".report.txt.tmp"
-    tmp.write_text(text)
-    tmp.replace(out / "report.txt")
+    atomic_write_bytes(out / "report.txt", (format_table(report) + "\n").encode())
     if any(report[n] for n in stage_names(report)):
         plot_report(report, out / "map_per_stage.png")

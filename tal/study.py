@@ -40,7 +40,7 @@ import numpy as np
 
 from features.cli_support import Command
 from features.errors import StovtalError
-from tal.atomic import atomic_write_json
+from tal.atomic import atomic_open, atomic_write_bytes, atomic_write_json
 from tal.selftrain import SIMULATED_NOTE, PROTOCOL_ROWS, SelfTrainConfig, _lookup
 
 log = logging.getLogger("tal.study")
@@ -366,7 +366,7 @@ def run_study(out, settings: StudySettings, jobs: int = 1, progress: bool = True
     result["elapsed_s"] = round(time.time() - start, 1)
     result["elapsed_note"] = "this command's wall time; tasks finished by an earlier call are not included"
     atomic_write_json(out / "study.json", result)
-    (out / "study.txt").write_text(format_study(result) + "\n")
+    atomic_write_bytes(out / "study.txt", (format_study(result) + "\n").encode())
     plot_study(result, out)
     return result
 
@@ -567,7 +567,8 @@ def plot_study(result: dict, out: Path) -> None:
 
     def save(fig, name):
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        with atomic_open(out / name, "wb") as f:
+            fig.savefig(f, dpi=110, format="png")
         plt.close(fig)
 
     labels = list(result["main"])

@@ -249,3 +249,13 @@ def test_test_videos_missing_from_the_store_are_refused_unless_skipped(reference
     cfg.skip_missing = True
     result = evaluate_stage(ckpt, cfg)
     assert result["generalized"]["videos_missing"] == 3 and result["generalized"]["videos_scored"] == 12
+
+
+def test_a_bad_override_fails_before_the_run_directory_records_settings(tiny_data, tmp_path):
+    from tal.config import ConfigError
+
+    cfg = _config(tiny_data)
+    cfg.later_overrides = ["train.lr=abc"]
+    with pytest.raises(ConfigError, match="train.lr"):
+        run_selftrain(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "selftrain.json").exists()  # the corrected command can use the same --out

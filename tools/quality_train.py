@@ -7,7 +7,8 @@ Prints (all figures are on simulated data, see docs/sim.md):
   same way and (b) the closed-vocabulary model's novel mAP (an upper bound: it saw novel labels).
 
 Reruns reuse the simulated data and finished runs in --work (training resumes).
-Usage: python tools/quality_train.py [--work quality_train_out] [--seed 0] [--preset small] [--set k=v ...]
+Usage: python tools/quality_train.py [--work quality_train_out] [--seed 0] [--preset small] [--regime specific]
+       [--set k=v ...]
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ from tal.train import TrainInputs, train
 TIOU = [0.3, 0.4, 0.5, 0.6, 0.7]
 
 
-def simulate(work: Path, seed: int) -> dict:
+def simulate(work: Path, seed: int, regime: str) -> dict:
     from tal.sim import preset, write_benchmark
 
     sim = work / "sim"
     manifest = sim / "benchmark.json"
     if not manifest.exists():
-        cfg, counts = preset("small", seed=seed)
+        cfg, counts = preset("small", seed=seed, regime=regime)
         write_benchmark(sim, cfg, n_curated_train=counts.curated_train, n_web_unlabeled=0,
                         n_curated_test=counts.curated_test, n_web_test=0, labelled_classes="all")
     return {"train_store": sim / "curated_train.zarr", "train_ann": sim / "curated_train.json",
@@ -95,13 +96,15 @@ def random_proposal_baseline(store: Path, checkpoint: Path, vocabulary, seed: in
 @click.option("--work", default="quality_train_out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True)
 @click.option("--preset", default="small", show_default=True)
+@click.option("--regime", default="specific", show_default=True, type=click.Choice(["specific", "shared"]),
+              help="tal.sim regime of the simulated data.")
 @click.option("--set", "overrides", multiple=True, help="tal-train config override for both runs.")
-def main(work, seed, preset, overrides):
+def main(work, seed, preset, regime, overrides):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    work = Path(work)
+    work = Path(work) / regime  # data and runs of each regime apart
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    files = simulate(work, seed)
+    files = simulate(work, seed, regime)
     split = load_split(str(files["split"]))
     gt = load_annotations(files["test_ann"])
     closed = run_training(work / "closed", preset, "closed", files, overrides)
@@ -117,7 +120,7 @@ def main(work, seed, preset, overrides):
     random_novel = evaluate_protocol(gt, random_preds, split, "novel", TIOU)["average_mAP"]
 
     result = {
-        "simulated": True, "seed": seed, "preset": preset, "overrides": list(overrides),
+        "simulated": True, "seed": seed, "preset": preset, "regime": regime, "overrides": list(overrides),
         "tiou_thresholds": TIOU, "test_videos": len(gt.videos),
         "closed_average_mAP": closed_all,
         "ov_novel_average_mAP": ov_novel,
@@ -126,7 +129,7 @@ def main(work, seed, preset, overrides):
         "seconds": round(time.time() - t0, 1),
     }
     (work / "quality.json").write_text(json.dumps(result, indent=2))
-    print("SIMULATED benchmark (tal-sim small, seed %d), curated test, average mAP over tIoU 0.3:0.7" % seed)
+    print(f"SIMULATED benchmark (tal-sim small, seed {seed}, regime {regime}), curated test, average mAP over tIoU 0.3:0.7")
     print(f"  {'closed vocabulary, all %d classes:' % len(split.all):44s}{closed_all:.4f}   (target >= 0.50)")
     print(f"  {'agnostic (base) + OV, novel classes:':44s}{ov_novel:.4f}")
     print(f"  {'random proposals + OV, novel classes:':44s}{random_novel:.4f}   (baseline)")
