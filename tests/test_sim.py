@@ -244,6 +244,8 @@ def test_rerun_resumes_and_refuses_other_configs(tmp_path):
         for v, r in first.items():
             np.testing.assert_array_equal(s.read(v), r)
     assert len(load_annotations(out / "curated_train.json").videos) == 4
+    with open_store(out / "curated_train.zarr", "a"):  # a finished benchmark is reused without a writer
+        write_benchmark(out, SHORT, n_curated_train=4, **kw)
     with pytest.raises(StoreError, match="curated_train.zarr"):
         write_benchmark(out, replace(SHORT, seed=5), n_curated_train=4, **kw)
     with pytest.raises(StoreError, match="beyond"):

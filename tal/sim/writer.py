@@ -120,17 +120,20 @@ def write_benchmark(out_dir, cfg: SimConfig, *, n_curated_train: int, n_web_unla
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts = Counts(n_curated_train, n_web_unlabeled, n_curated_test, n_web_test)
+    splits = [(spec, n) for spec, n in benchmark_splits(counts, labelled_classes) if n > 0]
     paths: dict[str, Path] = {}
-    for spec, n in benchmark_splits(counts, labelled_classes):
-        if n <= 0:
-            continue
+    for spec, _ in splits:
         paths[f"{spec.name}_store"] = out / f"{spec.name}.zarr"
         paths[f"{spec.name}_annotations"] = out / f"{spec.name}.json"
-        write_split(world, spec, n, paths[f"{spec.name}_store"], paths[f"{spec.name}_annotations"], progress)
     paths["split"] = out / "split.json"
+    paths["manifest"] = out / "benchmark.json"
+    if _complete(paths["manifest"], cfg, counts, labelled_classes):
+        # finished earlier: nothing is opened for writing, so any number of readers may share the benchmark
+        return paths
+    for spec, n in splits:
+        write_split(world, spec, n, paths[f"{spec.name}_store"], paths[f"{spec.name}_annotations"], progress)
     atomic_write_json(paths["split"], {"name": f"sim-seed{cfg.seed}", "simulated": True, "base": world.base,
                                        "novel": world.novel})
-    paths["manifest"] = out / "benchmark.json"
     manifest = {"simulated": True, "generator": "tal.sim", "generator_version": GENERATOR_VERSION, "seed": cfg.seed,
                 "config_sha": fingerprint(cfg),
                 "vocabulary": VOCABULARY, "labelled_classes": labelled_classes,
@@ -142,3 +145,14 @@ def write_benchmark(out_dir, cfg: SimConfig, *, n_curated_train: int, n_web_unla
                 "files": {k: str(v) for k, v in paths.items() if k != "manifest"}, "config": cfg.to_dict()}
     atomic_write_json(paths["manifest"], manifest)
     return paths
+
+
+def _complete(manifest: Path, cfg: SimConfig, counts: Counts, labelled_classes: str) -> bool:
+    """Whether ``manifest`` (written last) records exactly this benchmark: same config, generator and sizes."""
+    if not manifest.exists():
+        return False
+    found = json.loads(manifest.read_text())
+    return (found.get("config_sha") == fingerprint(cfg) and found.get("generator_version") == GENERATOR_VERSION
+            and found.get("labelled_classes") == labelled_classes
+            and found.get("counts") == {"curated_train": counts.curated_train, "web": counts.web,
+                                        "curated_test": counts.curated_test, "web_test": counts.web_test})
