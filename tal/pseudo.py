@@ -442,11 +442,13 @@ def refilter(src, out, cfg: FilterConfig, provenance: dict | None = None, limit:
     return stats
 
 
-def pseudo_label_quality(pl_path, gt_path, tiou=(0.3, 0.4, 0.5, 0.6, 0.7)) -> dict:
+def pseudo_label_quality(pl_path, gt_path, tiou=(0.3, 0.4, 0.5, 0.6, 0.7), novel=None) -> dict:
     """How good are the pseudo-labels? Scored as class-agnostic detections against the unlabelled videos' truth
     (analysis only: a simulation knows it, a real run rarely does): average mAP, and recall / precision at
     tIoU 0.5 (a truth instance is recalled, a pseudo-label is precise, when some segment of the other side
-    overlaps it by tIoU >= 0.5)."""
+    overlaps it by tIoU >= 0.5). Given the ``novel`` class names, also the recall of base and of novel
+    instances apart (``recall@0.5 base`` / ``recall@0.5 novel``): what self-training can teach about novel
+    classes is bounded by how many of their instances stage 1 labels."""
     from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation, load_annotations
     from tal.eval.detection import evaluate_detection, tiou_matrix
     from tal.eval.predictions import Detection
@@ -460,12 +462,25 @@ def pseudo_label_quality(pl_path, gt_path, tiou=(0.3, 0.4, 0.5, 0.6, 0.7)) -> di
                    for s in v.segments] for vid, v in pl.videos.items()}
     report = evaluate_detection(agnostic, preds, list(tiou))
     hits_gt = hits_pl = n_gt = n_pl = 0
+    groups = {"base": [0, 0], "novel": [0, 0]}  # [recalled, instances]
+    novel = None if novel is None else set(novel)
     for vid, video in agnostic.videos.items():
         g = np.array([[s.start, s.end] for s in video.segments]).reshape(-1, 2)
         p = np.array([[d.start, d.end] for d in preds[vid]]).reshape(-1, 2)
         n_gt, n_pl = n_gt + len(g), n_pl + len(p)
         ok = tiou_matrix(g, p) >= 0.5  # [0, M] or [N, 0] when a side is empty: no hits
-        hits_gt += int(ok.any(axis=1).sum())
+        recalled = ok.any(axis=1)
+        hits_gt += int(recalled.sum())
         hits_pl += int(ok.any(axis=0).sum())
-    return {"average_mAP": float(report.average_mAP), "recall@0.5": hits_gt / max(n_gt, 1),
-            "precision@0.5": hits_pl / max(n_pl, 1), "pseudo_labels": n_pl, "true_actions": n_gt}
+        if novel is not None:
+            for seg, hit in zip(gt.videos[vid].segments, recalled):
+                counts = groups["novel" if seg.label in novel else "base"]
+                counts[0] += int(hit)
+                counts[1] += 1
+    quality = {"average_mAP": float(report.average_mAP), "recall@0.5": hits_gt / max(n_gt, 1),
+               "precision@0.5": hits_pl / max(n_pl, 1), "pseudo_labels": n_pl, "true_actions": n_gt}
+    if novel is not None:
+        for name, (hit, n) in groups.items():
+            quality[f"recall@0.5 {name}"] = hit / n if n else None
+            quality[f"true_actions {name}"] = n
+    return quality

@@ -112,6 +112,24 @@ def test_ignore_regions_survive_the_file_and_refilter_exactly(tmp_path):
     assert [list(r) for r in again.ignore] == direct.ignore.tolist()
 
 
+def test_quality_counts_recall_of_base_and_novel_instances_apart(tmp_path):
+    from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation, write_official
+    from tal.pseudo import pseudo_label_quality
+
+    truth = VideoAnnotation("v", "training", 100.0, 30.0, [Segment(0, 10, "run"), Segment(20, 30, "jump"),
+                                                           Segment(40, 50, "swim")])
+    pl = VideoAnnotation("v", "training", 100.0, 30.0, [Segment(0, 10, "action", 0.9, True),
+                                                        Segment(41, 50, "action", 0.5, True),
+                                                        Segment(70, 80, "action", 0.4, True)])
+    write_official(AnnotationSet({"v": truth}), tmp_path / "gt.json")
+    write_official(AnnotationSet({"v": pl}), tmp_path / "pl.json")
+    q = pseudo_label_quality(tmp_path / "pl.json", tmp_path / "gt.json", novel=["jump", "swim"])
+    assert (q["recall@0.5"], q["precision@0.5"]) == (pytest.approx(2 / 3), pytest.approx(2 / 3))
+    assert (q["recall@0.5 base"], q["recall@0.5 novel"]) == (1.0, 0.5)
+    assert (q["true_actions base"], q["true_actions novel"]) == (1, 2)
+    assert "recall@0.5 novel" not in pseudo_label_quality(tmp_path / "pl.json", tmp_path / "gt.json")
+
+
 @pytest.mark.parametrize("kw", [dict(threshold=1.5), dict(top_k=0), dict(dedup_iou=0.0), dict(min_duration=-1),
                                 dict(threshold=0.2, ignore_threshold=0.3)])
 def test_bad_filter_settings_are_refused(kw):

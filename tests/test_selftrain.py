@@ -223,7 +223,14 @@ def test_ceiling_floor_and_recovery_are_reported(chosen_run, tiny_data):
         if top > s1:
             assert report["recovery"][label] == pytest.approx((s2 - s1) / (top - s1))
     quality = report["counts"]["pseudo_label_details"]["round1.pseudo"]["quality"]
-    assert quality == pseudo_label_quality(out / "pseudo_round1.json", tiny_data / "web.json")
+    novel = json.loads((tiny_data / "split.json").read_text())["novel"]
+    assert quality == pseudo_label_quality(out / "pseudo_round1.json", tiny_data / "web.json", novel=novel)
+    # recall of base and of novel instances apart: together they make the overall recall
+    n = {g: quality[f"true_actions {g}"] for g in ("base", "novel")}
+    assert n["base"] + n["novel"] == quality["true_actions"] and min(n.values()) > 0
+    recalled = sum(quality[f"recall@0.5 {g}"] * n[g] for g in n)
+    assert recalled == pytest.approx(quality["recall@0.5"] * quality["true_actions"])
+    assert f"novel {quality['recall@0.5 novel']:.3f}" in format_table(report)
     assert "recovered" in format_table(report) and f"precision {quality['precision@0.5']:.3f}" in format_table(report)
 
 
