@@ -52,7 +52,7 @@ ABLATIONS = {
                       "stage 2 fine-tunes stage 1's EMA weights at lr 1e-4 (the seed paper's)"),
     "tau-0.05": ({"threshold_rule": None, "filter.threshold": 0.05},
                  "fixed τ = 0.05, no ignore regions (the former default)"),
-    "precision-0.5": ({"rule.precision": 0.5}, "τ for held-out precision 0.5"),
+    "precision-0.7": ({"rule.precision": 0.7}, "τ for held-out precision 0.7 (the former default)"),
     "precision-0.85": ({"rule.precision": 0.85}, "τ for held-out precision 0.85"),
     "no-ignore": ({"rule.recall": None}, "no ignore regions: below τ is background"),
     "weight-1": ({"pseudo_weight": "1"}, "pseudo-labels weigh 1 in the loss, not their score"),
@@ -561,7 +561,8 @@ def format_study(result: dict) -> str:
             q = s.get("pseudo_quality", {})
             lines.append(f"  {k:>6}: " + " / ".join(f"{100 * _lookup(s, keys):6.2f}" for keys in (
                 ("generalized", "novel"), ("novel_only",), ("generalized", "base"), ("cross_domain",)))
-                + (f"; {q['pseudo_labels']}, {q['precision@0.5']:.2f}, {q['recall@0.5']:.2f}" if q else " (stage 1)"))
+                + (f"; {q['pseudo_labels']}, {q['precision@0.5']:.2f}, {q['recall@0.5']:.2f}" if q else " (stage 1)")
+                + (f" (novel {q['recall@0.5 novel']:.2f})" if q.get("recall@0.5 novel") is not None else ""))
     if "elapsed_s" in result:
         lines += ["", f"run time of this command: {result['elapsed_s'] / 60:.1f} min"]
     return "\n".join(lines)

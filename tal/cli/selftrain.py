@@ -14,6 +14,7 @@ import click
 
 from features.cli_support import Command
 from tal.config import PRESETS
+from tal.thresholds import ThresholdRule
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,7 +32,8 @@ from tal.config import PRESETS
                    "--target-precision).")
 @click.option("--ignore-threshold", default=None, type=click.FloatRange(0, 1),
               help="With --threshold: proposals scoring in [this, τ) become ignore regions.")
-@click.option("--target-precision", default=0.7, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+@click.option("--target-precision", default=ThresholdRule.precision, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True),
               help="τ = the lowest score whose proposals reach this precision on held-out labelled videos "
                    "(cross-fitted stage-1 models).")
 @click.option("--target-recall", default=0.9, show_default=True, type=click.FloatRange(0, 1),
@@ -88,7 +90,7 @@ def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds,
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from tal.pseudo import FilterConfig, PseudoLabelError
     from tal.selftrain import EvalSet, SelfTrainConfig, format_table, run_selftrain
-    from tal.thresholds import ThresholdError, ThresholdRule
+    from tal.thresholds import ThresholdError
 
     tests = []
     for feats, ann, cross, flag in ((test_features, test_annotations, False, "--test"),
