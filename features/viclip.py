@@ -20,9 +20,7 @@ training and are left out.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -53,22 +51,12 @@ class ViCLIPConfig:
                    vocab_size=int(t.get("vocab_size", 49408)), text_width=int(t["width"]),
                    text_heads=int(t["heads"]), text_layers=int(t["layers"]))
 
-    def describe(self) -> dict:
-        return asdict(self)
-
 
 VICLIP_MODELS = {
     "ViCLIP-B-16": ViCLIPConfig(),
     "ViCLIP-L-14": ViCLIPConfig(embed_dim=768, patch_size=14, vision_width=1024, vision_layers=24, vision_heads=16,
                                 text_width=768, text_heads=12),
 }
-
-
-def is_viclip_config(path: Path) -> bool:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8")).get("model_type") == "viclip"
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 class VideoVisionTower(nn.Module):

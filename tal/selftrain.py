@@ -431,15 +431,20 @@ def build_report(cfg: SelfTrainConfig, out: Path, stages: dict, pseudo_counts: d
     return report
 
 
+def recovered_share(stage1: float, last: float, ceiling: float) -> float:
+    """How much of the ceiling's gain over stage 1 the last stage recovers: (last − stage 1) / (ceiling −
+    stage 1); nan where the ceiling does not beat stage 1."""
+    return (last - stage1) / (ceiling - stage1) if ceiling > stage1 else float("nan")
+
+
 def ceiling_recovery(report: dict) -> dict:
-    """Per protocol, how much of the ceiling's gain over stage 1 the last stage recovers:
-    (last − stage 1) / (ceiling − stage 1); nan where the ceiling does not beat stage 1."""
+    """:func:`recovered_share` per protocol, for the report's last stage."""
     last = stage_names(report)[-1]
     out = {}
     for label, keys in PROTOCOL_ROWS:
         s1, s2, top = (_lookup(report[n], keys) for n in ("stage1", last, "ceiling"))
         if not any(math.isnan(v) for v in (s1, s2, top)):
-            out[label] = (s2 - s1) / (top - s1) if top > s1 else float("nan")
+            out[label] = recovered_share(s1, s2, top)
     return out
 
 

@@ -41,7 +41,7 @@ import numpy as np
 from features.cli_support import Command
 from features.errors import StovtalError
 from tal.atomic import atomic_open, atomic_write_bytes, atomic_write_json
-from tal.selftrain import SIMULATED_NOTE, PROTOCOL_ROWS, SelfTrainConfig, _lookup
+from tal.selftrain import SIMULATED_NOTE, PROTOCOL_ROWS, SelfTrainConfig, _lookup, recovered_share
 
 log = logging.getLogger("tal.study")
 
@@ -271,14 +271,17 @@ def _shared_pseudo_labels(out, kind, seed, cfg, paths, base_dir: Path, progress)
     folder = task_dir(out, f"{kind}:{seed}")
     if kind == "scale-pl":
         store, _ = _extra_split(out, seed, settings, "web_scale", "web", max(settings.scale), progress, "web")
-        choice = json.loads((base_dir / "thresholds" / "choice.json").read_text())
-        filt = dataclasses.replace(cfg.filter, threshold=choice["threshold"],
-                                   ignore_threshold=choice.get("ignore_threshold"))
+        filt = _chosen_filter(cfg, json.loads((base_dir / "result.json").read_text()))
     else:
         store = paths["web_store"]
         filt = dataclasses.replace(cfg.filter, threshold=min(settings.taus), ignore_threshold=None)
     pseudo_label_store(store, stage1, folder / "pseudo.json", filt, progress=progress)
     return {"file": str(folder / "pseudo.json"), "store": str(store), "threshold": filt.threshold}
+
+
+def _chosen_filter(cfg: SelfTrainConfig, base: dict):
+    """The pseudo-label filter with the thresholds the seed's ``base`` task chose."""
+    return dataclasses.replace(cfg.filter, threshold=base["threshold"], ignore_threshold=base["ignore_threshold"])
 
 
 def _extra_split(out: Path, seed: int, settings: StudySettings, name: str, domain: str, n: int,
@@ -314,7 +317,7 @@ def _stage2_variant(out, kind, seed, arg, cfg, base_dir: Path, paths, progress) 
     if kind == "scale":
         n = int(arg)
         labelled, web = base["counts"]["labeled_videos"], base["counts"]["unlabeled_videos"]
-        filt = dataclasses.replace(cfg.filter, threshold=base["threshold"], ignore_threshold=base["ignore_threshold"])
+        filt = _chosen_filter(cfg, base)
         cfg = dataclasses.replace(cfg, unlabeled_features=source["store"], later_overrides=list(
             cfg.later_overrides) + [f"data.pseudo_ratio={web / (labelled + web)}", f"data.epoch_clips={labelled + web}"])
         truth = Path(source["store"]).with_suffix(".json")
@@ -429,10 +432,6 @@ def _stat(values) -> dict:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v))}
 
 
-def _recovery(s1: float, s2: float, top: float) -> float:
-    return (s2 - s1) / (top - s1) if top > s1 else float("nan")
-
-
 def _last_stage(run: dict) -> dict:
     names = sorted((k for k in run if k.startswith("stage") and k[5:].isdigit()), key=lambda k: int(k[5:]))
     return run[names[-1]]
@@ -460,7 +459,7 @@ def collect(out: Path, settings: StudySettings) -> dict:
                                                                                  "ceiling")}
         row["delta"] = _stat([_lookup(r["stage2"], keys) - _lookup(r["stage1"], keys) for r in mains.values()])
         row["delta_floor"] = _stat([_lookup(r["stage2"], keys) - _lookup(r["floor"], keys) for r in mains.values()])
-        row["recovery"] = _stat([_recovery(*(_lookup(r[k], keys) for k in ("stage1", "stage2", "ceiling")))
+        row["recovery"] = _stat([recovered_share(*(_lookup(r[k], keys) for k in ("stage1", "stage2", "ceiling")))
                                  for r in mains.values()])
         result["main"][label] = row
     ratios = [_lookup(r["stage1"], ("generalized", "novel")) / _lookup(r["stage1"], ("generalized", "base"))
@@ -482,7 +481,7 @@ def collect(out: Path, settings: StudySettings) -> dict:
         entry = {"description": ABLATIONS[name][1], "seeds": sorted(runs)}
         for label, keys in HEADLINES:
             entry[label] = _stat([_lookup(_last_stage(r), keys) for r in runs.values()])
-            entry[label + " recovery"] = _stat([_recovery(_lookup(mains[s]["stage1"], keys),
+            entry[label + " recovery"] = _stat([recovered_share(_lookup(mains[s]["stage1"], keys),
                                                           _lookup(_last_stage(r), keys),
                                                           _lookup(mains[s]["ceiling"], keys)) for s, r in runs.items()])
             if "ceiling" in next(iter(runs.values())):

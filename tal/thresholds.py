@@ -150,9 +150,10 @@ def choose_thresholds(sample: ScoreSample, rule: ThresholdRule) -> dict:
     if sample.num_instances < 1:
         raise ThresholdError("the held-out labelled videos hold no instances: cannot measure precision or recall")
     tau = threshold_for_precision(sample, rule.precision)
-    out = {"rule": rule.to_dict(), "threshold": tau, "at_threshold": operating_point(sample, tau),
+    at_tau = operating_point(sample, tau)
+    out = {"rule": rule.to_dict(), "threshold": tau, "at_threshold": at_tau,
            "heldout_proposals": int(len(sample.scores)), "heldout_instances": int(sample.num_instances),
-           "precision_reached": bool(operating_point(sample, tau)["precision"] >= rule.precision)}
+           "precision_reached": bool(at_tau["precision"] >= rule.precision)}
     if rule.recall is not None:
         low = min(threshold_for_recall(sample, rule.recall), tau)
         out["ignore_threshold"] = low

@@ -207,7 +207,7 @@ def main() -> int:
         thumos = thumos_lengths_store(args.work, 24 if args.quick else None)
         web_store, web_ann = demo_web_store(args.work)
         if args.quick:
-            web_store, web_ann = _first_videos(args.work, web_store, web_ann, 40)
+            web_ann = _first_videos(args.work, web_ann, 40)
         print(f"part 1: epoch time, thumos preset at width 128 (batch 2, max_seq_len 2304), "
               f"{torch.get_num_threads()} threads", flush=True)
         report["thumos"] = part_epoch_time("thumos14_val", *thumos, "validation", epochs)
@@ -231,13 +231,13 @@ def main() -> int:
     return 0
 
 
-def _first_videos(work: Path, store: Path, ann: Path, n: int) -> tuple[Path, Path]:
+def _first_videos(work: Path, ann: Path, n: int) -> Path:
     """The first n videos of the annotation file (the store keeps all; training joins by id)."""
     aset = load_annotations(ann)
     keep = list(aset.videos)[:n]
     out = work / f"{ann.stem}_first{n}.json"
     write_official(aset.restrict_videos(keep), out)
-    return store, out
+    return out
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from features.store import Grid, VideoInfo, create_store, open_store  # noqa: E402
+from features.store import Grid, VideoInfo, create_store  # noqa: E402
 
 GRID = Grid(fps=30.0, window=16, stride=4, frame_step=4)
 PROVENANCE = {"encoder": "simulated", "pretrained": "random", "image_size": None, "preprocess": "none",
@@ -42,8 +42,3 @@ def write_random_walk_store(path: Path, lengths, dim: int, seed: int, ids=None, 
                 pending = []
         store.write_videos(pending)
     return path
-
-
-def store_lengths(path: Path) -> list[int]:
-    with open_store(path) as store:
-        return [store.info(v).num_rows for v in store.video_ids()]
