@@ -349,3 +349,53 @@ def test_matches_reference_loop_on_random_problems(problem):
     r = quiet_eval(gt, as_dict(dets), THR)
     mine = np.stack([r.per_class[c] for c in classes], axis=1)
     np.testing.assert_allclose(mine, ref, atol=1e-9)
+
+
+def plain_ranked_ap(matched, positive, gt_class, bounds, skip_others, normalize):
+    """One detection at a time: the all-point interpolated AP of each class and threshold."""
+    n_t, n_c = matched.shape[0], len(bounds) - 1
+    out = np.full((n_t, n_c), np.nan)
+    for t in range(n_t):
+        for c in range(n_c):
+            npos = int(np.sum(positive & (gt_class == c)))
+            if npos == 0:
+                continue
+            tp = fp = 0
+            curve = []
+            for i in range(bounds[c], bounds[c + 1]):
+                g = matched[t, i]
+                if g >= 0 and not positive[g] and skip_others:
+                    continue
+                if g >= 0 and positive[g]:
+                    tp += 1
+                else:
+                    fp += 1
+                if normalize is None:
+                    precision = tp / (tp + fp)
+                else:
+                    precision = (tp / npos * normalize) / (tp / npos * normalize + fp)
+                curve.append((precision, g >= 0 and positive[g]))
+            out[t, c] = sum(max(p for p, _ in curve[k:]) for k, (_, hit) in enumerate(curve) if hit) / npos
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ranked_ap_visits_only_true_positives_yet_equals_the_plain_loop(seed):
+    from tal.eval.matching import ranked_average_precision
+    rng = np.random.default_rng(seed)
+    n_c, n_g, n_t = 4, 30, 3
+    gt_class = rng.integers(n_c, size=n_g)
+    sizes = rng.integers(0, 40, size=n_c)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    matched = np.full((n_t, bounds[-1]), -1)
+    for t in range(n_t):  # each instance taken at most once, by a detection of its own class
+        for c in range(n_c):
+            own = rng.permutation(np.flatnonzero(gt_class == c))
+            slots = rng.permutation(np.arange(bounds[c], bounds[c + 1]))[:len(own)]
+            take = rng.random(len(slots)) < 0.6
+            matched[t, slots[take]] = own[:len(slots)][take]
+    positive = rng.random(n_g) < 0.5
+    for skip, norm in ((False, None), (True, None), (True, 2.5), (False, 7.0)):
+        mine = ranked_average_precision(matched, positive, gt_class, bounds, skip_others=skip, normalize=norm)
+        ref = plain_ranked_ap(matched, positive, gt_class, bounds, skip, norm)
+        np.testing.assert_allclose(mine, ref, rtol=0, atol=1e-12)

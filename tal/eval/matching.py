@@ -246,34 +246,55 @@ def match_detections(gt: GroundTruthArrays, preds: PredictionArrays, tiou_thresh
     return Matching(gt, preds, thresholds, matched)
 
 
-def average_precision(tp: np.ndarray, npos: int, keep: np.ndarray | None = None,
-                      normalize: float | None = None) -> np.ndarray:
-    """All-point interpolated AP per threshold for one class's ranked detections.
+def _suffix_max_by_group(values: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Max of ``values`` from each position to the end of its group (groups contiguous), exactly: doubling
+    steps (after the step s pass, each position holds the max of the next 2s positions of its group)."""
+    out = values.copy()
+    step = 1
+    while step < len(out):
+        later = np.where(group[step:] == group[:-step], out[step:], -np.inf)
+        np.maximum(out[:-step], later, out=out[:-step])
+        step *= 2
+    return out
 
-    ``tp``: [T, N] bool; ``keep``: optional [T, N] mask of detections that count (others are skipped);
-    ``normalize``: DETAD's normalised precision R*N / (R*N + FP) with N this average number of positives."""
-    n_t, n = tp.shape
-    if npos <= 0:
-        return np.full(n_t, np.nan)
-    if n == 0:
-        return np.zeros(n_t)
-    if keep is None:
-        rank = np.arange(1, n + 1, dtype=np.float64)
-    else:
-        tp = tp & keep
-        rank = np.cumsum(keep, axis=1, dtype=np.float64)
-    tp_cum = np.cumsum(tp, axis=1, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
+
+def ranked_average_precision(matched: np.ndarray, positive: np.ndarray, class_of_gt: np.ndarray, bounds: np.ndarray,
+                             skip_others: bool = False, normalize: float | None = None) -> np.ndarray:
+    """All-point interpolated AP, [T, C], of ranked detections laid out class after class (``bounds``: C + 1
+    offsets) from the matching ``matched`` ([T, N] instance index or -1).  Classes without positives are nan.
+
+    ``positive``: [G] instances that count as positives; with ``skip_others`` a detection matched to another
+    instance is skipped (neither TP nor FP, DETAD's breakdown convention), else it is a false positive.
+    ``normalize``: DETAD's normalised precision R*N / (R*N + FP) with N this average number of positives.
+
+    Only the true positives are visited: precision falls at every false positive, so the best precision at
+    a rank or later (the interpolation envelope) is always reached at a true positive, and recall rises by
+    1/npos exactly there.  A few thousand true positives stand for hundreds of thousands of detections."""
+    n_t = matched.shape[0]
+    n_c = len(bounds) - 1
+    npos = np.bincount(class_of_gt[positive], minlength=n_c).astype(np.float64)
+    ap = np.zeros((n_t, n_c))
+    for t in range(n_t):
+        pos = np.flatnonzero(matched[t] >= 0)                    # matched detections, ascending rank
+        hit = positive[matched[t, pos]]
+        cls = np.searchsorted(bounds, pos, "right") - 1
+        # Rank among the detections that count: skipped ones before it in its class do not.
+        skipped_before = np.zeros(len(pos), np.int64)
+        if skip_others:
+            skipped = np.cumsum(~hit)
+            first = np.searchsorted(cls, cls, "left")
+            skipped_before = skipped - np.where(first > 0, skipped[first - 1], 0)
+        pos, cls, skipped_before = pos[hit], cls[hit], skipped_before[hit]
+        rank = (pos - bounds[cls] + 1 - skipped_before).astype(np.float64)
+        tp_cum = (np.arange(len(pos)) - np.searchsorted(cls, cls, "left") + 1).astype(np.float64)
         if normalize is None:
-            precision = np.where(rank > 0, tp_cum / rank, 0.0)
+            precision = tp_cum / rank
         else:
-            scaled = tp_cum / npos * normalize
-            precision = np.where(rank > 0, scaled / (scaled + (rank - tp_cum)), 0.0)
-    if keep is not None:
-        precision = np.where(keep, precision, 0.0)
-    envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
-    # Recall rises by 1/npos exactly at each true positive.
-    return (envelope * tp).sum(axis=1) / npos
+            scaled = tp_cum / npos[cls] * normalize
+            precision = scaled / (scaled + (rank - tp_cum))
+        ap[t] = np.bincount(cls, weights=_suffix_max_by_group(precision, cls), minlength=n_c)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(npos > 0, ap / npos, np.nan)
 
 
 def class_slices(preds: PredictionArrays, n_classes: int) -> np.ndarray:
@@ -285,16 +306,6 @@ def per_class_ap(matching: Matching, gt_mask: np.ndarray | None = None, normaliz
     """[T, C] AP; with ``gt_mask`` only the masked instances are positives and detections matched to
     other instances are skipped (DETAD's breakdown convention).  Classes without positives are nan."""
     gt, preds = matching.gt, matching.preds
-    n_c, n_t = len(gt.classes), len(matching.tiou_thresholds)
-    positive = np.ones(len(gt), bool) if gt_mask is None else gt_mask
-    npos = np.bincount(gt.label[positive], minlength=n_c)
-    bounds = class_slices(preds, n_c)
-    tp_all = matching.matched >= 0
-    if gt_mask is not None:
-        keep_all = ~tp_all | positive[np.where(tp_all, matching.matched, 0)]
-    ap = np.full((n_t, n_c), np.nan)
-    for c in range(n_c):
-        a, b = bounds[c], bounds[c + 1]
-        keep = None if gt_mask is None else keep_all[:, a:b]
-        ap[:, c] = average_precision(tp_all[:, a:b], int(npos[c]), keep, normalize)
-    return ap
+    positive = np.ones(len(gt), bool) if gt_mask is None else np.asarray(gt_mask, bool)
+    return ranked_average_precision(matching.matched, positive, gt.label, class_slices(preds, len(gt.classes)),
+                                    skip_others=gt_mask is not None, normalize=normalize)
