@@ -484,3 +484,33 @@ def pseudo_label_quality(pl_path, gt_path, tiou=(0.3, 0.4, 0.5, 0.6, 0.7), novel
             quality[f"recall@0.5 {name}"] = hit / n if n else None
             quality[f"true_actions {name}"] = n
     return quality
+
+
+def select_true_positives(src, gt_path, out, alpha: float = 0.5) -> ShardStats:
+    """Analysis only: keep the pseudo-labels (and ignore-region candidates) of ``src`` that take a true
+    instance at tIoU >= ``alpha`` (best score first, one per instance) and drop every other one — a perfect
+    selection among stage 1's proposals. Stage 2 on it bounds what any rule choosing among those proposals (a
+    threshold, ignore regions, top-k) can reach; what stays missing is what stage 1 never proposed."""
+    from tal.data.annotations import AnnotationSet, Segment, load_annotations, write_official
+    from tal.thresholds import match_proposals
+
+    truth = load_annotations(gt_path)
+    aset = load_annotations(src)
+    stats = ShardStats()
+    for vid, video in aset.videos.items():
+        if vid not in truth.videos:
+            raise PseudoLabelError(f"{gt_path}: no truth for video {vid!r} of {src}")
+        cand = [(s.start, s.end, s.score if s.score is not None else 1.0) for s in video.segments] + video.ignore
+        cand = np.array(cand, dtype=np.float64).reshape(-1, 3)
+        order = np.argsort(-cand[:, 2], kind="stable")  # match_proposals visits proposals in this order
+        gt = [[s.start, s.end] for s in truth.videos[vid].segments]
+        hits = match_proposals({vid: gt}, {vid: (cand[:, :2], cand[:, 2])}, alpha).hits
+        kept = cand[order][hits]
+        video.segments = [Segment(float(a), float(b), PSEUDO_LABEL, float(c), pseudo=True) for a, b, c in kept]
+        video.ignore = []
+        stats.add(len(video.segments), False)
+    prov = {k: v for k, v in aset.provenance.items() if k not in ("source", "format")}
+    prov.update(selected_true_positives_from=str(src), truth=str(gt_path), alpha=alpha, videos=stats.videos,
+                segments=stats.segments, empty_videos=stats.empty_videos)
+    write_official(AnnotationSet(aset.videos, prov), out)
+    return stats

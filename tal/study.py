@@ -59,7 +59,10 @@ ABLATIONS = {
     "ratio-0.5": ({"pseudo_ratio": 0.5}, "half the clips pseudo-labelled (natural share: 77 %)"),
     "rounds-2": ({"rounds": 2}, "a second round: stage 2 pseudo-labels, stage 3 trains"),
     "in-domain": ({"unlabeled": "curated"}, "unlabelled videos from the labelled (curated) domain, not the web"),
+    "oracle-selection": ({}, "analysis only: stage 1's own proposals (score >= 0.01) that match a true instance "
+                             "and no others: a perfect selection rule"),
 }
+ORACLE_FLOOR = 0.01  # the lowest stage-1 score an oracle selection may keep
 CEILING_ABLATIONS = ("init-ema", "init-finetune", "in-domain")  # another recipe or data: its own ceiling
 HEADLINES = [("novel (generalized)", ("generalized", "novel")), ("novel-only", ("novel_only",)),
              ("base (generalized)", ("generalized", "base")), ("all (generalized)", ("generalized", "all")),
@@ -139,6 +142,8 @@ def run_task(out: Path, task: str, settings: StudySettings, progress: bool = Fal
         share_stage1(base_dir, folder, same_rule=True)
         result = _selftrain(cfg, folder, paths, progress)
         result["false_positives"] = false_positive_profiles(folder, cfg, ("stage1", "stage2", "ceiling"))
+    elif kind == "ablation" and arg == "oracle-selection":
+        result = _oracle_selection(cfg, base_dir, folder, paths, progress)
     elif kind == "ablation":
         variant = ablation_config(cfg, arg)
         share_stage1(base_dir, folder, same_rule=variant.threshold_rule == cfg.threshold_rule)
@@ -304,8 +309,7 @@ def _extra_split(out: Path, seed: int, settings: StudySettings, name: str, domai
 def _stage2_variant(out, kind, seed, arg, cfg, base_dir: Path, paths, progress) -> dict:
     """Stage 2 from the main run's stage 1 on re-filtered pseudo-labels: the first N videos of the scale store
     (``scale``, at the main run's compute and mix), or a fixed τ without ignore regions (``tau``)."""
-    from tal.pseudo import FilterConfig, pseudo_label_quality, refilter
-    from tal.selftrain import evaluate_stage, novel_classes, summarize, train_stage
+    from tal.pseudo import FilterConfig, refilter
 
     folder = task_dir(out, f"{kind}:{seed}:{arg}")
     stage1 = base_dir / "stage1" / "last.pt"
@@ -325,6 +329,32 @@ def _stage2_variant(out, kind, seed, arg, cfg, base_dir: Path, paths, progress) 
         n, filt, truth = None, FilterConfig(threshold=float(arg), dedup_iou=cfg.filter.dedup_iou), paths["web_annotations"]
     if not pl.exists():
         refilter(source["file"], pl, filt, limit=n)
+    return _stage2_on(cfg, folder, pl, stage1, truth, progress)
+
+
+def _oracle_selection(cfg: SelfTrainConfig, base_dir: Path, folder: Path, paths: dict, progress: bool) -> dict:
+    """Stage 2 by the main recipe on stage 1's proposals (down to ORACLE_FLOOR) that match a true instance:
+    the bound of every rule that selects among those proposals (:func:`tal.pseudo.select_true_positives`)."""
+    from tal.pseudo import pseudo_label_store, select_true_positives
+
+    stage1 = base_dir / "stage1" / "last.pt"
+    candidates, pl = folder / "candidates.json", folder / "pseudo.json"
+    if not candidates.exists():
+        filt = dataclasses.replace(cfg.filter, threshold=ORACLE_FLOOR, ignore_threshold=None, top_k=None)
+        pseudo_label_store(paths["web_store"], stage1, candidates, filt, progress=progress)
+    if not pl.exists():
+        select_true_positives(candidates, paths["web_annotations"], pl)
+    summary = _stage2_on(cfg, folder, pl, stage1, paths["web_annotations"], progress)
+    base = json.loads((base_dir / "result.json").read_text())
+    return {"stage1": base["stage1"], "stage2": summary,
+            "counts": {"pseudo_label_details": {"round1.pseudo": {"quality": summary["pseudo_quality"]}}}}
+
+
+def _stage2_on(cfg: SelfTrainConfig, folder: Path, pl: Path, stage1: Path, truth, progress: bool) -> dict:
+    """Stage 2 from ``stage1`` on labels + the pseudo-label file ``pl``, evaluated; with its quality vs truth."""
+    from tal.pseudo import pseudo_label_quality
+    from tal.selftrain import evaluate_stage, novel_classes, summarize, train_stage
+
     eval_path = folder / "eval.json"
     if not eval_path.exists():
         ckpt = train_stage(cfg, folder / "stage2", [pl], stage1, progress)

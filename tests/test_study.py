@@ -15,7 +15,7 @@ SIZES = {"curated_train": 10, "web": 8, "curated_test": 6, "web_test": 6}
 
 
 def tiny_settings(**kw) -> StudySettings:
-    base = dict(seeds=[0, 1], ablations=["no-ignore", "rounds-2"], scale=[0, 4, 12], taus=[0.2],
+    base = dict(seeds=[0, 1], ablations=["no-ignore", "rounds-2", "oracle-selection"], scale=[0, 4, 12], taus=[0.2],
                 overrides=list(TINY_SETS), counts=dict(SIZES))
     base.update(kw)
     return StudySettings(**base)
@@ -69,6 +69,24 @@ def test_ablations_start_from_the_main_runs_stage_1(study):
         rounds = json.loads((task_dir(out, f"ablation:{seed}:rounds-2") / "report.json").read_text())
         assert "stage3" in rounds and rounds["stage2"] == json.loads((main / "report.json").read_text())["stage2"]
     assert result["ablations"]["rounds-2"]["novel-only"]["n"] == 2
+
+
+def test_oracle_selection_keeps_exactly_the_stage1_proposals_that_hit_the_truth(study):
+    from tal.pseudo import pseudo_label_quality
+
+    out, result = study
+    for seed in (0, 1):
+        folder = task_dir(out, f"ablation:{seed}:oracle-selection")
+        truth = out / f"data_seed{seed}" / "web.json"
+        candidates = json.loads((folder / "candidates.json").read_text())["database"]
+        chosen = json.loads((folder / "pseudo.json").read_text())["database"]
+        offered = {(v, tuple(a["segment"])) for v, e in candidates.items() for a in e["annotations"]}
+        kept = {(v, tuple(a["segment"])) for v, e in chosen.items() for a in e["annotations"]}
+        assert kept and kept <= offered and not any(e.get("ignore") for e in chosen.values())
+        quality = pseudo_label_quality(folder / "pseudo.json", truth)
+        assert quality["precision@0.5"] == 1.0
+        assert quality["recall@0.5"] <= pseudo_label_quality(folder / "candidates.json", truth)["recall@0.5"]
+    assert result["ablations"]["oracle-selection"]["round1.pseudo quality"]["precision@0.5"]["mean"] == 1.0
 
 
 def test_scaling_keeps_compute_and_mix_and_nests_the_web_videos(study):
