@@ -61,6 +61,8 @@ ABLATIONS = {
     "in-domain": ({"unlabeled": "curated"}, "unlabelled videos from the labelled (curated) domain, not the web"),
     "oracle-selection": ({}, "analysis only: stage 1's own proposals (score >= 0.01) that match a true instance "
                              "and no others: a perfect selection rule"),
+    "oracle-selection-w1": ({"pseudo_weight": "1"}, "analysis only: the perfect selection, each pseudo-label "
+                                                     "weighing 1 instead of its score"),
 }
 ORACLE_FLOOR = 0.01  # the lowest stage-1 score an oracle selection may keep
 CEILING_ABLATIONS = ("init-ema", "init-finetune", "in-domain")  # another recipe or data: its own ceiling
@@ -142,8 +144,8 @@ def run_task(out: Path, task: str, settings: StudySettings, progress: bool = Fal
         share_stage1(base_dir, folder, same_rule=True)
         result = _selftrain(cfg, folder, paths, progress)
         result["false_positives"] = false_positive_profiles(folder, cfg, ("stage1", "stage2", "ceiling"))
-    elif kind == "ablation" and arg == "oracle-selection":
-        result = _oracle_selection(cfg, base_dir, folder, paths, progress)
+    elif kind == "ablation" and arg.startswith("oracle-selection"):
+        result = _oracle_selection(ablation_config(cfg, arg), base_dir, folder, paths, progress)
     elif kind == "ablation":
         variant = ablation_config(cfg, arg)
         share_stage1(base_dir, folder, same_rule=variant.threshold_rule == cfg.threshold_rule)

@@ -15,7 +15,8 @@ SIZES = {"curated_train": 10, "web": 8, "curated_test": 6, "web_test": 6}
 
 
 def tiny_settings(**kw) -> StudySettings:
-    base = dict(seeds=[0, 1], ablations=["no-ignore", "rounds-2", "oracle-selection"], scale=[0, 4, 12], taus=[0.2],
+    base = dict(seeds=[0, 1], ablations=["no-ignore", "rounds-2", "oracle-selection", "oracle-selection-w1"],
+                scale=[0, 4, 12], taus=[0.2],
                 overrides=list(TINY_SETS), counts=dict(SIZES))
     base.update(kw)
     return StudySettings(**base)
@@ -86,6 +87,12 @@ def test_oracle_selection_keeps_exactly_the_stage1_proposals_that_hit_the_truth(
         quality = pseudo_label_quality(folder / "pseudo.json", truth)
         assert quality["precision@0.5"] == 1.0
         assert quality["recall@0.5"] <= pseudo_label_quality(folder / "candidates.json", truth)["recall@0.5"]
+        # the weight-1 variant trains on the same selection, each pseudo-label weighing 1
+        unweighted = task_dir(out, f"ablation:{seed}:oracle-selection-w1")
+        assert json.loads((unweighted / "pseudo.json").read_text())["database"] == chosen
+        for folder_, weight in ((folder, "score"), (unweighted, "1")):
+            config = yaml.safe_load((folder_ / "stage2" / "config.yaml").read_text())
+            assert config["data"]["pseudo_weight"] == weight
     assert result["ablations"]["oracle-selection"]["round1.pseudo quality"]["precision@0.5"]["mean"] == 1.0
 
 
