@@ -22,17 +22,23 @@ class ModelEMA:
         self.module = copy.deepcopy(_unwrap(model)).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
-        self._param_names = {name for name, _ in self.module.named_parameters()}
+        self._params = list(self.module.parameters())
+        names = {name for name, _ in self.module.named_parameters()}
+        self._buffer_names = [name for name in self.module.state_dict() if name not in names]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        src = _unwrap(model).state_dict()
-        for name, ema_value in self.module.state_dict().items():
-            value = src[name].detach()
-            if name in self._param_names:
-                ema_value.mul_(self.decay).add_(value.to(ema_value.dtype), alpha=1.0 - self.decay)
-            else:
-                ema_value.copy_(value)
+        src = _unwrap(model)
+        params = list(src.parameters())
+        if len(params) != len(self._params):
+            raise ValueError(f"EMA of a model with {len(self._params)} parameter tensors updated from one with "
+                             f"{len(params)}")
+        values = [p.detach() if p.dtype == e.dtype else p.detach().to(e.dtype) for p, e in zip(params, self._params)]
+        # One multi-tensor pass instead of a loop over ~200 tensors: the same mul_/add_ arithmetic, bit-identical.
+        torch._foreach_mul_(self._params, self.decay)
+        torch._foreach_add_(self._params, values, alpha=1.0 - self.decay)
+        for name in self._buffer_names:
+            self.module.get_buffer(name).copy_(src.get_buffer(name))
 
     def state_dict(self) -> dict:
         return self.module.state_dict()
