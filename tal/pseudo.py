@@ -413,6 +413,13 @@ def pseudo_label_store(store, checkpoint, out, cfg: FilterConfig, *, shard: tupl
     return stats
 
 
+def _candidates(video) -> np.ndarray:
+    """[N, 3] start, end, score of a pseudo-labelled video's segments and ignore regions (a file written with
+    lower thresholds holds every proposal above the lower one as one or the other)."""
+    cand = [(s.start, s.end, s.score if s.score is not None else 1.0) for s in video.segments] + video.ignore
+    return np.array(cand, dtype=np.float64).reshape(-1, 3)
+
+
 def refilter(src, out, cfg: FilterConfig, provenance: dict | None = None, limit: int | None = None) -> ShardStats:
     """Filter an existing pseudo-label file again (e.g. a τ sweep without rerunning the model); ``limit``
     keeps only the first videos of the file (a scaling curve over the number of unlabelled videos).
@@ -427,15 +434,14 @@ def refilter(src, out, cfg: FilterConfig, provenance: dict | None = None, limit:
     stats = ShardStats()
     videos = {}
     for vid, video in list(aset.videos.items())[:limit]:
-        cand = [(s.start, s.end, s.score if s.score is not None else 1.0) for s in video.segments] + video.ignore
-        cand = np.array(cand, dtype=np.float64).reshape(-1, 3)
+        cand = _candidates(video)
         result = filter_proposals(cand[:, :2], cand[:, 2], video.duration, cfg)
         video.segments = [Segment(float(a), float(b), PSEUDO_LABEL, float(c), pseudo=True)
                           for (a, b), c in zip(result.segments, result.scores)]
         video.ignore = [tuple(map(float, r)) for r in result.ignore]
         stats.add(len(video.segments), result.fell_back)
         videos[vid] = video
-    prov = {k: v for k, v in aset.provenance.items() if k not in ("source", "format")}
+    prov = dict(aset.provenance)  # the writer drops the reader's source/format entries
     prov.update(asdict(cfg), refiltered_from=str(src), videos=stats.videos, segments=stats.segments,
                 fallback_videos=stats.fallback_videos, empty_videos=stats.empty_videos, **(provenance or {}))
     write_official(AnnotationSet(videos, prov), out)
@@ -500,8 +506,7 @@ def select_true_positives(src, gt_path, out, alpha: float = 0.5) -> ShardStats:
     for vid, video in aset.videos.items():
         if vid not in truth.videos:
             raise PseudoLabelError(f"{gt_path}: no truth for video {vid!r} of {src}")
-        cand = [(s.start, s.end, s.score if s.score is not None else 1.0) for s in video.segments] + video.ignore
-        cand = np.array(cand, dtype=np.float64).reshape(-1, 3)
+        cand = _candidates(video)
         order = np.argsort(-cand[:, 2], kind="stable")  # match_proposals visits proposals in this order
         gt = [[s.start, s.end] for s in truth.videos[vid].segments]
         hits = match_proposals({vid: gt}, {vid: (cand[:, :2], cand[:, 2])}, alpha).hits
@@ -509,7 +514,7 @@ def select_true_positives(src, gt_path, out, alpha: float = 0.5) -> ShardStats:
         video.segments = [Segment(float(a), float(b), PSEUDO_LABEL, float(c), pseudo=True) for a, b, c in kept]
         video.ignore = []
         stats.add(len(video.segments), False)
-    prov = {k: v for k, v in aset.provenance.items() if k not in ("source", "format")}
+    prov = dict(aset.provenance)
     prov.update(selected_true_positives_from=str(src), truth=str(gt_path), alpha=alpha, videos=stats.videos,
                 segments=stats.segments, empty_videos=stats.empty_videos)
     write_official(AnnotationSet(aset.videos, prov), out)
