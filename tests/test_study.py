@@ -161,3 +161,40 @@ def test_proposal_recall_counts_top_k_matches_per_class_group():
     assert recall_at_k(gt, props, ["swim"], 1, 0.95) == (0.0, 2)  # tIoU 0.9 < 0.95
     assert recall_at_k(gt, {}, ["run"], 10, 0.5) == (0.0, 1)
 
+
+
+def test_pseudo_ranking_tool_rescores_stage1_proposals_by_agreement(study, tmp_path):
+    """tools/pseudo_ranking.py on the study's stage 1 and its cross-fitted fold models (real checkpoints and
+    stores): the `stage1` ranking is stage 1's own proposals as they are, the others re-score the same ones."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from tal.data.annotations import load_annotations
+    from tal.pseudo import pseudo_label_quality
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from pseudo_ranking import main as pseudo_ranking
+
+    out, _ = study
+    base, data = task_dir(out, "base:0"), out / "data_seed0"
+    args = ["--features", data / "web.zarr", "--truth", data / "web.json", "--stage1", base / "stage1" / "last.pt",
+            "--threshold", "0.05", "--out", tmp_path / "rank"]
+    for k in (0, 1):
+        args += ["--other", base / "thresholds" / f"fold{k}" / "last.pt"]
+    result = CliRunner().invoke(pseudo_ranking, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "rank" / "pseudo_ranking.json").read_text())
+    own = tmp_path / "rank" / "proposals_stage1.json"
+    assert saved["rankings"]["stage1"]["average_mAP"] == pseudo_label_quality(own, data / "web.json")["average_mAP"]
+    proposals = load_annotations(own).videos
+    scores = {name: load_annotations(tmp_path / "rank" / f"ranking_{name}.json").videos
+              for name in ("stage1", "mean", "others", "min")}
+    for vid, video in proposals.items():
+        for i, seg in enumerate(video.segments):
+            s1, mean, others, low = (scores[n][vid].segments[i].score for n in ("stage1", "mean", "others", "min"))
+            assert (scores["mean"][vid].segments[i].start, s1) == (seg.start, seg.score)
+            assert mean == pytest.approx((s1 + 2 * others) / 3) and low <= min(s1, others) + 1e-12
+    for name in ("stage1", "other0", "other1"):
+        kept = load_annotations(tmp_path / "rank" / f"kept_{name}.json").videos
+        assert saved["at_threshold"][name]["pseudo_labels"] == sum(len(v.segments) for v in kept.values())
