@@ -1,0 +1,50 @@
+"""Self-training where there is room to gain: tal-selftrain's defaults, end to end on a small seeded simulation.
+
+The case: tal.sim's `shared` regime (stage 1 proposes the novel actions too, as on the issue's testbed), seed 0,
+60 labelled curated videos and 80 unlabelled web videos. The ceiling (stage 2 by the same recipe on the web
+videos' true segments) shows the room; stage 2 on stage 1's pseudo-labels must take part of it. Measured when
+written: novel-only 27.40 -> 28.98 (ceiling 38.77), generalized novel 49.12 -> 53.31 (61.80), generalized all
+44.90 -> 47.56 (56.65), base 42.79 -> 44.68, cross-domain 35.76 -> 38.22. Not asserted, because it does not hold:
+stage 2 beats its floor (the same compute on the labels alone: 37.64 / 60.18 / 53.62 / 50.34 / 39.97) — at this
+size the room over stage 1 is mostly training time, and the pseudo-labels cost against it (docs/selftrain.md).
+"""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from tal.demo import selftrain_config, simulate
+from tal.selftrain import _lookup, run_selftrain
+
+COUNTS = {"curated_train": 60, "web": 80, "curated_test": 30, "web_test": 20}
+GAINING = {"novel-only": ("novel_only",), "generalized novel": ("generalized", "novel"),
+           "generalized all": ("generalized", "all")}
+
+
+@pytest.fixture()
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_stage2_by_the_defaults_beats_stage1_where_the_ceiling_leaves_room(tmp_path, one_torch_thread):
+    paths = simulate(tmp_path / "data", 0, COUNTS, progress=False, regime="shared")
+    report = run_selftrain(dataclasses.replace(selftrain_config(paths, 0), ceiling=True), tmp_path / "run",
+                           progress=False)
+    for label, keys in GAINING.items():
+        stage1, stage2, ceiling = (_lookup(report[s], keys) for s in ("stage1", "stage2", "ceiling"))
+        assert ceiling > stage1 + 0.05, f"{label}: no room ({stage1:.4f} -> ceiling {ceiling:.4f})"
+        assert stage2 > stage1, f"{label}: stage 2 {stage2:.4f} does not beat stage 1 {stage1:.4f}"
+        assert report["recovery"][label] == pytest.approx((stage2 - stage1) / (ceiling - stage1))
+    novel = ("generalized", "novel")
+    assert _lookup(report["stage2"], novel) - _lookup(report["stage1"], novel) > 0.02  # measured: +4.2 points
+    base = ("generalized", "base")
+    assert _lookup(report["stage2"], base) >= _lookup(report["stage1"], base) - 0.01
+    # the pseudo-labels were chosen from held-out labelled videos, not a fixed τ
+    provenance = json.loads((tmp_path / "run" / "pseudo_round1.json").read_text())["provenance"]
+    assert "held-out" in provenance["threshold_source"]
