@@ -54,8 +54,8 @@ def _propose(features, checkpoint, path: Path) -> dict:
     from tal.data.annotations import load_annotations
     from tal.pseudo import FilterConfig, _candidates, pseudo_label_store
 
-    if not path.exists():
-        pseudo_label_store(features, checkpoint, path, FilterConfig(threshold=CANDIDATE_FLOOR), progress=True)
+    # resumes from (and refuses parts made with another checkpoint in) ``path``'s parts folder
+    pseudo_label_store(features, checkpoint, path, FilterConfig(threshold=CANDIDATE_FLOOR), progress=True)
     return {vid: _candidates(video) for vid, video in load_annotations(path).videos.items()}
 
 
