@@ -1,6 +1,7 @@
 """tal-selftrain end to end on tiny real stores: stage table, resumption after SIGKILL, refused settings."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -219,9 +220,13 @@ def test_ceiling_floor_and_recovery_are_reported(chosen_run, tiny_data):
     floor = torch.load(out / "floor" / "last.pt", weights_only=True)
     assert floor["inputs"]["pseudo"] == [] and floor["config"]["data"]["epoch_clips"] == 24 + 32
     for label, keys in PROTOCOL_ROWS:
-        s1, s2, top = (_lookup(report[k], keys) for k in ("stage1", "stage2", "ceiling"))
+        s1, s2, top, low = (_lookup(report[k], keys) for k in ("stage1", "stage2", "ceiling", "floor"))
         if top > s1:
             assert report["recovery"][label] == pytest.approx((s2 - s1) / (top - s1))
+        if top > low:  # the unlabelled videos' share at equal training time
+            assert report["recovery_over_floor"][label] == pytest.approx((s2 - low) / (top - low))
+        else:
+            assert math.isnan(report["recovery_over_floor"][label])
     quality = report["counts"]["pseudo_label_details"]["round1.pseudo"]["quality"]
     novel = json.loads((tiny_data / "split.json").read_text())["novel"]
     assert quality == pseudo_label_quality(out / "pseudo_round1.json", tiny_data / "web.json", novel=novel)
@@ -231,7 +236,7 @@ def test_ceiling_floor_and_recovery_are_reported(chosen_run, tiny_data):
     recalled = sum(quality[f"recall@0.5 {g}"] * n[g] for g in n)
     assert recalled == pytest.approx(quality["recall@0.5"] * quality["true_actions"])
     assert f"novel {quality['recall@0.5 novel']:.3f}" in format_table(report)
-    assert "recovered" in format_table(report) and f"precision {quality['precision@0.5']:.3f}" in format_table(report)
+    assert "recovered" in format_table(report) and "over floor" in format_table(report) and f"precision {quality['precision@0.5']:.3f}" in format_table(report)
 
 
 def test_stage_options_do_not_leak_into_stage_1(tiny_data):

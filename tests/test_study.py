@@ -38,19 +38,20 @@ def test_headline_is_the_ceiling_recovery_of_every_seed(study):
     out, result = study
     assert result["simulated"] and result["seeds_done"] == [0, 1]
     for label, keys in (("novel-only", ("novel_only",)), ("base (generalized)", ("generalized", "base"))):
-        per_seed = []
-        for seed in (0, 1):
-            report = json.loads((task_dir(out, f"main:{seed}") / "report.json").read_text())
-            s1, s2, top = (_value(report[stage], keys) for stage in ("stage1", "stage2", "ceiling"))
-            per_seed.append((s2 - s1) / (top - s1) if top > s1 else float("nan"))
-        row = result["main"][label]["recovery"]
-        finite = [r for r in per_seed if r == r]
-        assert row["n"] == len(finite) and (not finite or row["mean"] == pytest.approx(sum(finite) / len(finite)))
+        for start, key in (("stage1", "recovery"), ("floor", "recovery_floor")):  # over stage 1 / over the floor
+            per_seed = []
+            for seed in (0, 1):
+                report = json.loads((task_dir(out, f"main:{seed}") / "report.json").read_text())
+                s1, s2, top = (_value(report[stage], keys) for stage in (start, "stage2", "ceiling"))
+                per_seed.append((s2 - s1) / (top - s1) if top > s1 else float("nan"))
+            row = result["main"][label][key]
+            finite = [r for r in per_seed if r == r]
+            assert row["n"] == len(finite) and (not finite or row["mean"] == pytest.approx(sum(finite) / len(finite)))
     ratio = result["stage1_novel_base_ratio"]
     assert set(ratio["per_seed"]) == {0, 1}
     assert result["pseudo_quality"]["precision@0.5"]["n"] == 2
     text = (out / "study.txt").read_text()
-    assert "SIMULATED" in text and "recovered" in text and "novel / base" in text and "rounds-2" in text
+    assert "SIMULATED" in text and "recovered" in text and "over floor" in text and "novel / base" in text and "rounds-2" in text
     for name in ("study_stages.png", "study_scaling.png", "study_tau.png"):
         assert (out / name).stat().st_size > 1000
 
