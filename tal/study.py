@@ -541,8 +541,9 @@ def format_study(result: dict) -> str:
     lines = [f"Self-training study — {SIMULATED_NOTE}",
              f"regime {result['settings']['regime']}; seeds {seeds}; average mAP (%), mean ± std over seeds; "
              "ceiling: stage 2 by the same recipe on the unlabelled videos' true segments; floor: the same recipe "
-             "and compute on the human labels alone; recovered = (stage 2 − stage 1) / (ceiling − stage 1); over floor = "
-             "(stage 2 − floor) / (ceiling − floor): the unlabelled videos' share at equal training time", ""]
+             "and compute on the human labels alone; recovered = (stage 2 − stage 1) / (ceiling − stage 1); "
+             "over floor = (stage 2 − floor) / (ceiling − floor): the unlabelled videos' share at equal training time",
+             ""]
     columns = (("stage1", "stage 1"), ("stage2", "stage 2"), ("floor", "floor"), ("ceiling", "ceiling"),
                ("delta", "Δ (2 − 1)"), ("delta_floor", "Δ (2 − floor)"), ("recovery", "recovered (%)"),
                ("recovery_floor", "over floor (%)"))

@@ -236,7 +236,8 @@ def test_ceiling_floor_and_recovery_are_reported(chosen_run, tiny_data):
     recalled = sum(quality[f"recall@0.5 {g}"] * n[g] for g in n)
     assert recalled == pytest.approx(quality["recall@0.5"] * quality["true_actions"])
     assert f"novel {quality['recall@0.5 novel']:.3f}" in format_table(report)
-    assert "recovered" in format_table(report) and "over floor" in format_table(report) and f"precision {quality['precision@0.5']:.3f}" in format_table(report)
+    table = format_table(report)
+    assert "recovered" in table and "over floor" in table and f"precision {quality['precision@0.5']:.3f}" in table
 
 
 def test_stage_options_do_not_leak_into_stage_1(tiny_data):
