@@ -388,9 +388,17 @@ def extract_videos(jobs: list[VideoJob], store_path, encoder, options: ExtractOp
                     bar.update(1)
             finally:
                 summary.seconds = time.perf_counter() - started
-                for worker in workers:
-                    worker.stop.set()
+                stop_decoders(workers)
     return summary
+
+
+def stop_decoders(workers) -> None:
+    """Stop the decode threads and wait for them: one still inside the decoder when the interpreter exits can
+    abort the process ("terminate called without an active exception") after a run that succeeded."""
+    for worker in workers:
+        worker.stop.set()
+    for worker in workers:
+        worker.join()
 
 
 def prompt_ensemble(encoder, classes: list[str], templates: list[str]) -> np.ndarray:

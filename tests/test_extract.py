@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import time
 import warnings
 
 import numpy as np
@@ -10,8 +11,8 @@ import torch
 
 from features.decode import VideoSource
 from features.encoders import EncoderError, load_encoder
-from features.extract import (ExtractError, ExtractOptions, collect_videos, extract_videos, extract_vocabulary,
-                              shard_store_path)
+from features.extract import (ExtractError, ExtractOptions, _DecodeWorker, collect_videos, extract_videos,
+                              extract_vocabulary, shard_store_path, stop_decoders)
 from features.shards import ShardError, parse_shard, shard_from_env, shard_slice
 from tal.infer import store_vocabulary
 from features.store import Grid, open_store
@@ -127,6 +128,18 @@ def test_failures_are_recorded_and_others_extracted(videos, encoder, tmp_path):
     with open_store(store_path) as store:
         assert store.failures() == summary.failed
         assert "empty file" in store.failures()["zero"] and "not found" in store.failures()["gone"]
+
+
+def test_stopped_decode_threads_have_ended(videos, encoder):
+    """A decode thread blocked on its full queue ends before stop_decoders returns: one left inside the decoder
+    when the interpreter exits can abort the process after a run that succeeded."""
+    jobs = collect_videos([videos / "bigbuckbunny.mp4", videos / "tennis26.mp4"])
+    worker = _DecodeWorker(jobs, ExtractOptions(grid=GRID, batch_size=2, prefetch=2), encoder.preprocess, pin=False)
+    worker.start()
+    while not worker.out.full():  # it is now waiting to put more
+        time.sleep(0.01)
+    stop_decoders([worker])
+    assert not worker.is_alive()
 
 
 def test_resume_refuses_another_encoder_or_grid(videos, encoder, tmp_path):

@@ -145,7 +145,7 @@ def find_videos(given) -> list[Path]:
 
 def decode_only(jobs, options, preprocess, workers: int) -> tuple[int, int, float]:
     """(frames, snippets, seconds) of the pipeline's decode threads with nothing consuming but a counter."""
-    from features.extract import _Chunk, _DecodeWorker, _End, _Fail, _next, _Start
+    from features.extract import _Chunk, _DecodeWorker, _End, _Fail, _next, _Start, stop_decoders
 
     threads = [_DecodeWorker(jobs[w::workers], options, preprocess, pin=False) for w in range(workers)]
     t = time.perf_counter()
@@ -162,8 +162,7 @@ def decode_only(jobs, options, preprocess, workers: int) -> tuple[int, int, floa
                 if isinstance(item, _Chunk):
                     frames += len(item.frames)
     elapsed = time.perf_counter() - t
-    for th in threads:
-        th.stop.set()
+    stop_decoders(threads)
     return frames, snippets, elapsed
 
 
