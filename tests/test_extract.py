@@ -130,10 +130,10 @@ def test_failures_are_recorded_and_others_extracted(videos, encoder, tmp_path):
         assert "empty file" in store.failures()["zero"] and "not found" in store.failures()["gone"]
 
 
-def test_stopped_decode_threads_have_ended(videos, encoder):
+def test_stopped_decode_threads_have_ended(real_videos, encoder):
     """A decode thread blocked on its full queue ends before stop_decoders returns: one left inside the decoder
     when the interpreter exits can abort the process after a run that succeeded."""
-    jobs = collect_videos([videos / "bigbuckbunny.mp4", videos / "tennis26.mp4"])
+    jobs = collect_videos(list(videos_named(real_videos, "bigbuckbunny", "carphone_distorted").values()))
     worker = _DecodeWorker(jobs, ExtractOptions(grid=GRID, batch_size=2, prefetch=2), encoder.preprocess, pin=False)
     worker.start()
     while not worker.out.full():  # it is now waiting to put more
