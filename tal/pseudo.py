@@ -413,7 +413,7 @@ def pseudo_label_store(store, checkpoint, out, cfg: FilterConfig, *, shard: tupl
     return stats
 
 
-def _candidates(video) -> np.ndarray:
+def video_candidates(video) -> np.ndarray:
     """[N, 3] start, end, score of a pseudo-labelled video's segments and ignore regions (a file written with
     lower thresholds holds every proposal above the lower one as one or the other)."""
     cand = [(s.start, s.end, s.score if s.score is not None else 1.0) for s in video.segments] + video.ignore
@@ -434,7 +434,7 @@ def refilter(src, out, cfg: FilterConfig, provenance: dict | None = None, limit:
     stats = ShardStats()
     videos = {}
     for vid, video in list(aset.videos.items())[:limit]:
-        cand = _candidates(video)
+        cand = video_candidates(video)
         result = filter_proposals(cand[:, :2], cand[:, 2], video.duration, cfg)
         video.segments = [Segment(float(a), float(b), PSEUDO_LABEL, float(c), pseudo=True)
                           for (a, b), c in zip(result.segments, result.scores)]
@@ -506,7 +506,7 @@ def select_true_positives(src, gt_path, out, alpha: float = 0.5) -> ShardStats:
     for vid, video in aset.videos.items():
         if vid not in truth.videos:
             raise PseudoLabelError(f"{gt_path}: no truth for video {vid!r} of {src}")
-        cand = _candidates(video)
+        cand = video_candidates(video)
         order = np.argsort(-cand[:, 2], kind="stable")  # match_proposals visits proposals in this order
         gt = [[s.start, s.end] for s in truth.videos[vid].segments]
         hits = match_proposals({vid: gt}, {vid: (cand[:, :2], cand[:, 2])}, alpha).hits

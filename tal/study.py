@@ -491,10 +491,9 @@ def collect(out: Path, settings: StudySettings) -> dict:
                                                                                  "ceiling")}
         row["delta"] = _stat([_lookup(r["stage2"], keys) - _lookup(r["stage1"], keys) for r in mains.values()])
         row["delta_floor"] = _stat([_lookup(r["stage2"], keys) - _lookup(r["floor"], keys) for r in mains.values()])
-        row["recovery"] = _stat([recovered_share(*(_lookup(r[k], keys) for k in ("stage1", "stage2", "ceiling")))
-                                 for r in mains.values()])
-        row["recovery_floor"] = _stat([recovered_share(*(_lookup(r[k], keys) for k in ("floor", "stage2", "ceiling")))
-                                       for r in mains.values()])
+        for key, start in (("recovery", "stage1"), ("recovery_floor", "floor")):
+            row[key] = _stat([recovered_share(*(_lookup(r[k], keys) for k in (start, "stage2", "ceiling")))
+                              for r in mains.values()])
         result["main"][label] = row
     ratios = [_lookup(r["stage1"], ("generalized", "novel")) / _lookup(r["stage1"], ("generalized", "base"))
               for r in mains.values()]

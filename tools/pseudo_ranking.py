@@ -32,7 +32,7 @@ CANDIDATE_FLOOR = 0.01  # the lowest score a candidate proposal may have (as the
 
 def rescored(candidates: dict, others: list[dict]) -> dict[str, dict]:
     """{ranking: {video: [N] scores}} for stage 1's ``candidates`` ({video: [N, 3] start, end, score}) given
-    the other models' candidates on the same videos."""
+    the other models' candidates on the same videos (at least one)."""
     from tal.eval.detection import tiou_matrix
 
     out = {name: {} for name in ("stage1", "mean", "others", "min")}
@@ -42,7 +42,7 @@ def rescored(candidates: dict, others: list[dict]) -> dict[str, dict]:
             theirs = other.get(vid, np.zeros((0, 3)))
             overlap = tiou_matrix(own[:, :2], theirs[:, :2]) >= 0.5
             best.append(np.where(overlap, theirs[None, :, 2], 0.0).max(axis=1, initial=0.0))
-        best = np.stack(best) if best else np.zeros((0, len(own)))
+        best = np.stack(best)
         out["stage1"][vid] = own[:, 2]
         out["mean"][vid] = (own[:, 2] + best.sum(axis=0)) / (1 + len(best))
         out["others"][vid] = best.mean(axis=0)
@@ -52,11 +52,11 @@ def rescored(candidates: dict, others: list[dict]) -> dict[str, dict]:
 
 def _propose(features, checkpoint, path: Path) -> dict:
     from tal.data.annotations import load_annotations
-    from tal.pseudo import FilterConfig, _candidates, pseudo_label_store
+    from tal.pseudo import FilterConfig, pseudo_label_store, video_candidates
 
     # resumes from (and refuses parts made with another checkpoint in) ``path``'s parts folder
     pseudo_label_store(features, checkpoint, path, FilterConfig(threshold=CANDIDATE_FLOOR), progress=True)
-    return {vid: _candidates(video) for vid, video in load_annotations(path).videos.items()}
+    return {vid: video_candidates(video) for vid, video in load_annotations(path).videos.items()}
 
 
 def _write_ranking(like: Path, scores: dict, out: Path) -> Path:
