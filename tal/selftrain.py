@@ -105,7 +105,8 @@ class SelfTrainConfig:
         d = dict(d)
         d["filter"] = FilterConfig(**d["filter"])
         if d.get("threshold_rule") is not None:
-            d["threshold_rule"] = ThresholdRule(**d["threshold_rule"])
+            # runs recorded before precision_of existed used the kept set's precision
+            d["threshold_rule"] = ThresholdRule(**{"precision_of": "kept", **d["threshold_rule"]})
         d["tests"] = [EvalSet(**t) for t in d.get("tests", [])]
         return cls(**d)
 
@@ -348,9 +349,10 @@ def pseudo_filter(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: 
         except ThresholdError as e:
             raise SelfTrainError(f"{out / 'thresholds'}: {e}") from None
         if not choice["precision_reached"]:
-            log.warning("no threshold reaches precision %.2f on the held-out labelled videos (best %.3f): every "
-                        "unlabelled video keeps only its top-1 proposal", rule.precision,
-                        choice["at_threshold"]["precision"])
+            basis = "local_precision" if rule.precision_of == "local" else "precision"
+            log.warning("no threshold reaches %s %.2f on the held-out labelled videos (best %.3f): every "
+                        "unlabelled video keeps only its top-1 proposal", basis.replace("_", " "), rule.precision,
+                        choice["at_threshold"][basis])
         atomic_write_json(path, choice)
         state.mark("stage1.thresholds")
     choice = json.loads(path.read_text())

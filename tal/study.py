@@ -54,6 +54,10 @@ ABLATIONS = {
                  "fixed τ = 0.05, no ignore regions (the former default)"),
     "precision-0.7": ({"rule.precision": 0.7}, "τ for held-out precision 0.7 (the former default)"),
     "precision-0.85": ({"rule.precision": 0.85}, "τ for held-out precision 0.85"),
+    "precision-local": ({"rule.precision_of": "local"}, "τ where a held-out proposal is right with probability 0.5 "
+                                                         "(local precision), not where all kept ones are"),
+    "precision-local-w1": ({"rule.precision_of": "local", "pseudo_weight": "1"},
+                           "the local-precision τ, each pseudo-label weighing 1 instead of its score"),
     "no-ignore": ({"rule.recall": None}, "no ignore regions: below τ is background"),
     "weight-1": ({"pseudo_weight": "1"}, "pseudo-labels weigh 1 in the loss, not their score"),
     "ratio-0.5": ({"pseudo_ratio": 0.5}, "half the clips pseudo-labelled (natural share: 77 %)"),

@@ -7,8 +7,12 @@ videos outside its fold, proposes actions on its own held-out fold; every held-o
 clipping, minimum duration and duplicate removal as pseudo-labels) is a hit when it takes a free labelled
 instance at tIoU >= ``alpha``, greedily by score. From those (score, hit) pairs:
 
-- ``threshold`` (pseudo-labels): the lowest score at which the proposals above it still reach
-  ``precision`` (the most pseudo-labels at that precision);
+- ``threshold`` (pseudo-labels): the lowest score whose proposals still reach ``precision`` — with
+  ``precision_of="local"``, the precision of the proposals *at* that score (an isotonic fit of hit on score:
+  the probability that a proposal scoring so is right), with ``"kept"`` the precision of all the proposals
+  above it. Where stage 1 already recalls nearly every instance well above the threshold, the proposals it
+  adds at the bottom are mostly wrong while the kept set's precision stays high: "kept" goes on lowering τ
+  through them, "local" stops where a proposal becomes more likely wrong than right;
 - ``ignore_threshold``: the highest score at which the proposals above it already recall ``recall`` of
   the instances. Proposals between the two are ignore regions — stage 1 is unsure there, so stage 2 learns
   them neither as actions nor as background; below it stage 1 rarely finds an action, and the rest of the
@@ -95,6 +99,34 @@ def threshold_for_precision(sample: ScoreSample, target: float) -> float:
     return float(scores[ok[-1]]) if len(ok) else float(scores[0])
 
 
+def local_precision(sample: ScoreSample) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out probability that a proposal is right, as a non-decreasing function of its score: the
+    distinct scores (ascending) and the isotonic (pool-adjacent-violators) fit of hit on score at each."""
+    if not len(sample.scores):
+        raise ThresholdError("no held-out proposals to set a threshold from")
+    values, inverse = np.unique(sample.scores, return_inverse=True)
+    hits = np.bincount(inverse, weights=sample.hits.astype(np.float64), minlength=len(values))
+    counts = np.bincount(inverse, minlength=len(values)).astype(np.float64)
+    blocks: list[list[float]] = []  # [hits, count, number of distinct scores] per pooled block
+    for h, n in zip(hits, counts):
+        blocks.append([h, n, 1])
+        while len(blocks) > 1 and blocks[-2][0] * blocks[-1][1] > blocks[-1][0] * blocks[-2][1]:
+            h2, n2, k2 = blocks.pop()
+            blocks[-1][0] += h2
+            blocks[-1][1] += n2
+            blocks[-1][2] += k2
+    fit = np.concatenate([np.full(int(k), h / n) for h, n, k in blocks])
+    return values, fit
+
+
+def threshold_for_local_precision(sample: ScoreSample, target: float) -> float:
+    """The lowest score τ at which a held-out proposal is right with probability >= ``target`` (isotonic fit):
+    every proposal kept is at least that likely right. The best score when none is (top-1 fallback)."""
+    values, fit = local_precision(sample)
+    ok = np.flatnonzero(fit >= target)
+    return float(values[ok[0]]) if len(ok) else float(values[-1])
+
+
 def threshold_for_recall(sample: ScoreSample, target: float) -> float:
     """The highest score τ such that the proposals scoring >= τ recall >= ``target`` of the held-out
     instances; the lowest proposal score when they never do."""
@@ -115,11 +147,18 @@ def _last_of_ties(scores: np.ndarray) -> np.ndarray:
 
 
 def operating_point(sample: ScoreSample, threshold: float) -> dict:
-    """Held-out precision and recall of the proposals scoring >= ``threshold``."""
+    """Held-out precision and recall of the proposals scoring >= ``threshold``, and the local precision there
+    (the isotonic probability that a proposal scoring ``threshold`` is right)."""
     kept = sample.scores >= threshold
     n, tp = int(kept.sum()), int(sample.hits[kept].sum())
+    values, fit = local_precision(sample)
+    at = min(int(np.searchsorted(values, threshold)), len(values) - 1)
     return {"threshold": float(threshold), "proposals": n, "precision": tp / n if n else float("nan"),
-            "recall": tp / sample.num_instances if sample.num_instances else float("nan")}
+            "recall": tp / sample.num_instances if sample.num_instances else float("nan"),
+            "local_precision": float(fit[at])}
+
+
+PRECISION_OF = ("local", "kept")
 
 
 @dataclass(frozen=True)
@@ -128,6 +167,7 @@ class ThresholdRule:
 
     precision: float = 0.5  # docs/selftrain.md: the study's 0.5 / 0.7 / 0.85 ablation (3 seeds)
     recall: float | None = 0.9
+    precision_of: str = "kept"  # "local" or "kept": see threshold_for_local_precision
     alpha: float = 0.5
     folds: int = 2
 
@@ -140,6 +180,8 @@ class ThresholdRule:
             raise ThresholdError(f"tIoU alpha must lie in (0, 1), got {self.alpha}")
         if self.folds < 2:
             raise ThresholdError(f"cross-fitting needs >= 2 folds, got {self.folds}")
+        if self.precision_of not in PRECISION_OF:
+            raise ThresholdError(f"precision_of must be one of {', '.join(PRECISION_OF)}, got {self.precision_of!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,11 +191,15 @@ def choose_thresholds(sample: ScoreSample, rule: ThresholdRule) -> dict:
     """The thresholds and why: the rule, the held-out evidence and each threshold's held-out operating point."""
     if sample.num_instances < 1:
         raise ThresholdError("the held-out labelled videos hold no instances: cannot measure precision or recall")
-    tau = threshold_for_precision(sample, rule.precision)
+    if rule.precision_of == "local":
+        tau = threshold_for_local_precision(sample, rule.precision)
+    else:
+        tau = threshold_for_precision(sample, rule.precision)
     at_tau = operating_point(sample, tau)
+    reached = at_tau["local_precision" if rule.precision_of == "local" else "precision"] >= rule.precision
     out = {"rule": rule.to_dict(), "threshold": tau, "at_threshold": at_tau,
            "heldout_proposals": int(len(sample.scores)), "heldout_instances": int(sample.num_instances),
-           "precision_reached": bool(at_tau["precision"] >= rule.precision)}
+           "precision_reached": bool(reached)}
     if rule.recall is not None:
         low = min(threshold_for_recall(sample, rule.recall), tau)
         out["ignore_threshold"] = low

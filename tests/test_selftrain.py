@@ -240,6 +240,15 @@ def test_ceiling_floor_and_recovery_are_reported(chosen_run, tiny_data):
     assert "recovered" in table and "over floor" in table and f"precision {quality['precision@0.5']:.3f}" in table
 
 
+def test_a_run_recorded_before_precision_of_existed_resumes_with_the_rule_it_used(tiny_data):
+    cfg = _config(tiny_data)
+    cfg.threshold_rule = ThresholdRule(precision_of="local")
+    assert SelfTrainConfig.from_dict(cfg.to_dict()).threshold_rule.precision_of == "local"
+    recorded = cfg.to_dict()
+    del recorded["threshold_rule"]["precision_of"]  # as such runs wrote it: the kept set's precision was the rule
+    assert SelfTrainConfig.from_dict(recorded).threshold_rule.precision_of == "kept"
+
+
 def test_stage_options_do_not_leak_into_stage_1(tiny_data):
     cfg = _config(tiny_data, pseudo_ratio=0.5, pseudo_weight="1", later_overrides=["train.epochs=1"])
     first, later = stage_run_config(cfg, later=False), stage_run_config(cfg, later=True)

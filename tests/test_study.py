@@ -1,6 +1,7 @@
 """`make study` on a tiny simulated benchmark: ceiling recovery, ablations from a shared stage 1, scaling at
 fixed compute and mix, the τ sweep, resuming, and tasks in their own processes."""
 
+import collections
 import json
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from tal.study import StudySettings, collect, run_study, task_dir
+from tal.study import StudySettings, ablation_config, collect, main_config, run_study, task_dir
 from test_pseudo import TINY_SETS
 
 SIZES = {"curated_train": 10, "web": 8, "curated_test": 6, "web_test": 6}
@@ -96,6 +97,17 @@ def test_oracle_selection_keeps_exactly_the_stage1_proposals_that_hit_the_truth(
             config = yaml.safe_load((folder_ / "stage2" / "config.yaml").read_text())
             assert config["data"]["pseudo_weight"] == weight
     assert result["ablations"]["oracle-selection"]["round1.pseudo quality"]["precision@0.5"]["mean"] == 1.0
+
+
+def test_local_precision_ablations_change_only_the_rule_and_the_weight(tmp_path):
+    paths = collections.defaultdict(lambda: str(tmp_path / "unused"))  # configs only: nothing is read
+    main = main_config(paths, 0, tiny_settings())
+    local, local_w1 = ablation_config(main, "precision-local"), ablation_config(main, "precision-local-w1")
+    assert main.threshold_rule.precision_of == "kept"
+    assert local.threshold_rule == local_w1.threshold_rule == \
+        type(main.threshold_rule)(**{**main.threshold_rule.to_dict(), "precision_of": "local"})
+    assert (local.pseudo_weight, local_w1.pseudo_weight) == (main.pseudo_weight, "1")
+    assert not local.ceiling and not local.floor and local.filter == main.filter
 
 
 def test_scaling_keeps_compute_and_mix_and_nests_the_web_videos(study):

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from tal.crossfit import fold_assignment
-from tal.thresholds import (ScoreSample, ThresholdError, ThresholdRule, choose_thresholds, match_proposals,
-                            operating_point, threshold_for_precision, threshold_for_recall)
+from tal.thresholds import (ScoreSample, ThresholdError, ThresholdRule, choose_thresholds, local_precision,
+                            match_proposals, operating_point, threshold_for_local_precision, threshold_for_precision,
+                            threshold_for_recall)
 
 
 def synthetic_sample(seed: int, warp=lambda s: s, n: int = 4000, share_true: float = 0.3) -> ScoreSample:
@@ -17,9 +18,10 @@ def synthetic_sample(seed: int, warp=lambda s: s, n: int = 4000, share_true: flo
     return ScoreSample(warp(scores), hits, int(hits.sum() * 1.2))
 
 
+@pytest.mark.parametrize("precision_of", ["local", "kept"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_inflated_scores_get_a_higher_threshold_and_deflated_ones_a_lower(seed):
-    rule = ThresholdRule(precision=0.7, recall=0.9)
+def test_inflated_scores_get_a_higher_threshold_and_deflated_ones_a_lower(seed, precision_of):
+    rule = ThresholdRule(precision=0.7, recall=0.9, precision_of=precision_of)
     plain = choose_thresholds(synthetic_sample(seed), rule)
     inflated = choose_thresholds(synthetic_sample(seed, lambda s: np.sqrt(s)), rule)
     deflated = choose_thresholds(synthetic_sample(seed, lambda s: s ** 2), rule)
@@ -44,7 +46,48 @@ def test_threshold_is_the_lowest_score_reaching_the_precision_and_recall_the_hig
     assert threshold_for_recall(sample, 0.6) == 0.6
     assert threshold_for_recall(sample, 0.8) == 0.3
     assert threshold_for_recall(sample, 0.9) == 0.2  # never reached: every proposal is kept
-    assert operating_point(sample, 0.6) == {"threshold": 0.6, "proposals": 4, "precision": 0.75, "recall": 0.6}
+    assert operating_point(sample, 0.6) == {"threshold": 0.6, "proposals": 4, "precision": 0.75, "recall": 0.6,
+                                            "local_precision": 0.5}
+
+
+def test_local_precision_is_the_isotonic_fit_of_hit_on_score():
+    # ascending: 0.2 miss, 0.3 hit, 0.4 miss, 0.5 miss, 0.6 hit, 0.7 miss, 0.8 hit, 0.9 hit
+    sample = ScoreSample(np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]),
+                         np.array([1, 1, 0, 1, 0, 0, 1, 0], bool), 5)
+    values, fit = local_precision(sample)
+    assert values.tolist() == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    # violators pooled: {0.3, 0.4, 0.5} -> 1/3, {0.6, 0.7} -> 1/2
+    assert fit == pytest.approx([0, 1 / 3, 1 / 3, 1 / 3, 0.5, 0.5, 1, 1])
+    assert threshold_for_local_precision(sample, 0.5) == 0.6  # the kept set's precision allows 0.3 here
+    assert threshold_for_precision(sample, 0.5) == 0.2
+    assert threshold_for_local_precision(sample, 0.3) == 0.3
+    assert threshold_for_local_precision(sample, 1.0) == 0.8
+    # tied scores are one point of the fit: kept or dropped together
+    ties = ScoreSample(np.array([0.9, 0.5, 0.5, 0.1]), np.array([0, 1, 0, 1], bool), 2)
+    assert local_precision(ties)[1] == pytest.approx([0.5, 0.5, 0.5])
+    assert threshold_for_local_precision(ties, 0.5) == 0.1
+    assert threshold_for_local_precision(ties, 0.6) == 0.9  # never reached: the best score (top-1 fallback)
+    choice = choose_thresholds(ties, ThresholdRule(precision=0.6, recall=None, precision_of="local"))
+    assert not choice["precision_reached"] and choice["threshold"] == 0.9
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_local_precision_stops_where_recall_is_saturated_and_the_kept_rule_does_not(seed):
+    """A stage 1 that already finds nearly every held-out instance with high scores, over a long tail of low-scoring
+    false proposals (the shape where the kept set's precision keeps lowering τ through proposals that are
+    mostly wrong, while recall barely moves)."""
+    rng = np.random.default_rng(seed)
+    true, false = rng.beta(8, 2, 1000), rng.beta(1, 6, 5000)
+    sample = ScoreSample(np.concatenate([true, false]), np.arange(6000) < 1000, 1050)
+    kept = choose_thresholds(sample, ThresholdRule(precision=0.5, recall=None, precision_of="kept"))
+    local = choose_thresholds(sample, ThresholdRule(precision=0.5, recall=None, precision_of="local"))
+    assert local["threshold"] > kept["threshold"]
+    assert kept["at_threshold"]["local_precision"] < 0.2  # the kept rule's last proposals are mostly wrong
+    assert local["at_threshold"]["local_precision"] >= 0.5 and local["precision_reached"]
+    # half the proposals, nearly all of them right, for a few points of recall
+    assert local["at_threshold"]["proposals"] < 0.6 * kept["at_threshold"]["proposals"]
+    assert local["at_threshold"]["precision"] > kept["at_threshold"]["precision"] + 0.3
+    assert local["at_threshold"]["recall"] > kept["at_threshold"]["recall"] - 0.06
 
 
 def test_ties_are_kept_or_dropped_together_and_unreachable_precision_keeps_the_top():
@@ -71,6 +114,8 @@ def test_bad_rules_and_empty_evidence_are_one_line_errors():
         ThresholdRule(precision=0.0)
     with pytest.raises(ThresholdError, match="folds"):
         ThresholdRule(folds=1)
+    with pytest.raises(ThresholdError, match="precision_of"):
+        ThresholdRule(precision_of="all")
     with pytest.raises(ThresholdError, match="hold no instances"):
         choose_thresholds(ScoreSample(np.zeros(0), np.zeros(0, bool), 0), ThresholdRule())
 

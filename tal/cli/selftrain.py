@@ -14,7 +14,7 @@ import click
 
 from features.cli_support import Command
 from tal.config import PRESETS
-from tal.thresholds import ThresholdRule
+from tal.thresholds import PRECISION_OF, ThresholdRule
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,7 +35,11 @@ from tal.thresholds import ThresholdRule
 @click.option("--target-precision", default=ThresholdRule.precision, show_default=True,
               type=click.FloatRange(0, 1, min_open=True),
               help="τ = the lowest score whose proposals reach this precision on held-out labelled videos "
-                   "(cross-fitted stage-1 models).")
+                   "(cross-fitted stage-1 models); see --precision-of.")
+@click.option("--precision-of", type=click.Choice(PRECISION_OF), default=ThresholdRule.precision_of,
+              show_default=True,
+              help="local: the precision of the proposals at τ (the probability that a proposal scoring τ is "
+                   "right, isotonic fit); kept: the precision of all proposals above τ.")
 @click.option("--target-recall", default=0.9, show_default=True, type=click.FloatRange(0, 1),
               help="Ignore regions: proposals between τ and the score whose proposals recall this share of the "
                    "held-out instances; 0 disables ignore regions.")
@@ -82,10 +86,10 @@ from tal.thresholds import ThresholdRule
 @click.option("--simulated", is_flag=True, help="Label every output as simulated data.")
 @click.option("--no-progress", is_flag=True)
 def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds, threshold, ignore_threshold,
-         target_precision, target_recall, folds, top_k, dedup_iou, min_duration, split, classes, subset, prefer_store,
-         preset, overrides, later_overrides, seed, init, pseudo_ratio, pseudo_weight, test_features, test_annotations,
-         cross_features, cross_annotations, test_subset, vocab, skip_missing, unlabeled_truth, ceiling, floor,
-         simulated, no_progress):
+         target_precision, precision_of, target_recall, folds, top_k, dedup_iou, min_duration, split, classes, subset,
+         prefer_store, preset, overrides, later_overrides, seed, init, pseudo_ratio, pseudo_weight, test_features,
+         test_annotations, cross_features, cross_annotations, test_subset, vocab, skip_missing, unlabeled_truth, ceiling,
+         floor, simulated, no_progress):
     """Self-train a class-agnostic localizer on labelled + pseudo-labelled videos; prints the stage table."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from tal.pseudo import FilterConfig, PseudoLabelError
@@ -105,7 +109,8 @@ def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds,
         filt = FilterConfig(threshold=0.0 if threshold is None else threshold, top_k=top_k,
                             dedup_iou=None if dedup_iou >= 1 else dedup_iou, min_duration=min_duration,
                             ignore_threshold=ignore_threshold)
-        rule = None if threshold is not None else ThresholdRule(target_precision, target_recall or None, folds=folds)
+        rule = None if threshold is not None else ThresholdRule(target_precision, target_recall or None,
+                                                                precision_of=precision_of, folds=folds)
     except (PseudoLabelError, ThresholdError) as e:
         raise click.BadParameter(str(e)) from None
     cfg = SelfTrainConfig(list(labeled_features), list(labeled_annotations), unlabeled_features, rounds=rounds,
