@@ -349,10 +349,9 @@ def pseudo_filter(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: 
         except ThresholdError as e:
             raise SelfTrainError(f"{out / 'thresholds'}: {e}") from None
         if not choice["precision_reached"]:
-            basis = "local_precision" if rule.precision_of == "local" else "precision"
             log.warning("no threshold reaches %s %.2f on the held-out labelled videos (best %.3f): every "
-                        "unlabelled video keeps only its top-1 proposal", basis.replace("_", " "), rule.precision,
-                        choice["at_threshold"][basis])
+                        "unlabelled video keeps only its top-1 proposal", rule.precision_key.replace("_", " "),
+                        rule.precision, choice["at_threshold"][rule.precision_key])
         atomic_write_json(path, choice)
         state.mark("stage1.thresholds")
     choice = json.loads(path.read_text())

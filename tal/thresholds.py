@@ -183,6 +183,11 @@ class ThresholdRule:
         if self.precision_of not in PRECISION_OF:
             raise ThresholdError(f"precision_of must be one of {', '.join(PRECISION_OF)}, got {self.precision_of!r}")
 
+    @property
+    def precision_key(self) -> str:
+        """The operating-point field (``operating_point``) the target precision applies to."""
+        return "local_precision" if self.precision_of == "local" else "precision"
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -191,12 +196,10 @@ def choose_thresholds(sample: ScoreSample, rule: ThresholdRule) -> dict:
     """The thresholds and why: the rule, the held-out evidence and each threshold's held-out operating point."""
     if sample.num_instances < 1:
         raise ThresholdError("the held-out labelled videos hold no instances: cannot measure precision or recall")
-    if rule.precision_of == "local":
-        tau = threshold_for_local_precision(sample, rule.precision)
-    else:
-        tau = threshold_for_precision(sample, rule.precision)
+    find = threshold_for_local_precision if rule.precision_of == "local" else threshold_for_precision
+    tau = find(sample, rule.precision)
     at_tau = operating_point(sample, tau)
-    reached = at_tau["local_precision" if rule.precision_of == "local" else "precision"] >= rule.precision
+    reached = at_tau[rule.precision_key] >= rule.precision
     out = {"rule": rule.to_dict(), "threshold": tau, "at_threshold": at_tau,
            "heldout_proposals": int(len(sample.scores)), "heldout_instances": int(sample.num_instances),
            "precision_reached": bool(reached)}
