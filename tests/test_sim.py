@@ -70,6 +70,18 @@ def test_splits_are_deterministic_nested_and_distinct(world):
     assert first_train.shape != first_test.shape or not np.allclose(first_train, first_test)
 
 
+def test_rows_do_not_depend_on_the_blas_thread_count(world):
+    # With two BLAS threads the rows once differed from one thread's by ~6e-8, which flips float16 store values.
+    from threadpoolctl import threadpool_limits
+
+    rendered = {}
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            rendered[threads], _ = simulate_split(world, "web", 4, "testing", "all")
+    for vid, rows in rendered[1].items():
+        assert rows.tobytes() == rendered[2][vid].tobytes(), vid
+
+
 def test_rows_are_unit_norm_on_the_grid(world, curated):
     rows, aset = curated
     for vid, r in rows.items():

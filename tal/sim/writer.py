@@ -26,7 +26,7 @@ from tal.sim.world import TEXT_TEMPLATE, World, make_world
 log = logging.getLogger(__name__)
 
 VOCABULARY = "sim"
-GENERATOR_VERSION = 2  # bump whenever the generative code changes what a (config, seed) produces
+GENERATOR_VERSION = 3  # bump whenever the generative code changes what a (config, seed) produces
 BATCH = 16  # videos per store commit
 
 
