@@ -493,7 +493,10 @@ def collect(out: Path, settings: StudySettings) -> dict:
     for label, keys in HEADLINES:
         row = {k: _stat([_lookup(r[k], keys) for r in mains.values()]) for k in ("stage1", "stage2", "floor",
                                                                                  "ceiling")}
-        row["delta"] = _stat([_lookup(r["stage2"], keys) - _lookup(r["stage1"], keys) for r in mains.values()])
+        deltas = [_lookup(r["stage2"], keys) - _lookup(r["stage1"], keys) for r in mains.values()]
+        row["delta"] = _stat(deltas)
+        # a mean of a few seeds hides a sign that flips; the count says how often stage 2 beats stage 1
+        row["seeds_up"] = {"up": int(sum(d > 0 for d in deltas)), "n": len(deltas)}
         row["delta_floor"] = _stat([_lookup(r["stage2"], keys) - _lookup(r["floor"], keys) for r in mains.values()])
         for key, start in (("recovery", "stage1"), ("recovery_floor", "floor")):
             row[key] = _stat([recovered_share(*(_lookup(r[k], keys) for k in (start, "stage2", "ceiling")))
@@ -550,10 +553,12 @@ def format_study(result: dict) -> str:
     columns = (("stage1", "stage 1"), ("stage2", "stage 2"), ("floor", "floor"), ("ceiling", "ceiling"),
                ("delta", "Δ (2 − 1)"), ("delta_floor", "Δ (2 − floor)"), ("recovery", "recovered (%)"),
                ("recovery_floor", "over floor (%)"))
-    head = f"{'protocol':<21}" + "".join(f"{h:>17}" for _, h in columns)
+    head = f"{'protocol':<21}" + "".join(f"{h:>17}" for _, h in columns) + f"{'seeds 2 > 1':>13}"
     lines += [head, "-" * len(head)]
     for label, row in result["main"].items():
-        lines.append(f"{label:<21}" + "".join(f"{pct(row[k]):>17}" for k, _ in columns))
+        up = row["seeds_up"]
+        lines.append(f"{label:<21}" + "".join(f"{pct(row[k]):>17}" for k, _ in columns)
+                     + f"{str(up['up']) + ' / ' + str(up['n']):>13}")
     r = result["stage1_novel_base_ratio"]
     lines += ["", f"stage 1 generalized novel / base mAP: {r['mean']:.3f} ± {r['std']:.3f} (per seed: "
               + ", ".join(f"{s}: {v:.3f}" for s, v in r["per_seed"].items()) + "; real THUMOS14 ≈ 0.40–0.42)"]

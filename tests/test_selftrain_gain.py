@@ -3,8 +3,9 @@
 The case: tal.sim's `shared` regime (stage 1 proposes the novel actions too, as on the issue's testbed), seed 0,
 60 labelled curated videos and 80 unlabelled web videos. The ceiling (stage 2 by the same recipe on the web
 videos' true segments) shows the room; stage 2 on stage 1's pseudo-labels must take part of it. Measured when
-written: novel-only 27.40 -> 28.98 (ceiling 38.77), generalized novel 49.12 -> 53.31 (61.80), generalized all
-44.90 -> 47.56 (56.65), base 42.79 -> 44.68, cross-domain 35.76 -> 38.22. Not asserted, because it does not hold:
+written (tal.sim generator 2; the test passes on generator 3's one-thread rows too): novel-only
+27.40 -> 28.98 (ceiling 38.77), generalized novel 49.12 -> 53.31 (61.80), generalized all 44.90 -> 47.56 (56.65),
+base 42.79 -> 44.68, cross-domain 35.76 -> 38.22. Not asserted, because it does not hold:
 stage 2 beats its floor (the same compute on the labels alone: 37.64 / 60.18 / 53.62 / 50.34 / 39.97) — at this
 size the room over stage 1 is mostly training time, and the pseudo-labels cost against it (docs/selftrain.md).
 """

@@ -48,12 +48,15 @@ def test_headline_is_the_ceiling_recovery_of_every_seed(study):
             row = result["main"][label][key]
             finite = [r for r in per_seed if r == r]
             assert row["n"] == len(finite) and (not finite or row["mean"] == pytest.approx(sum(finite) / len(finite)))
+        reports = [json.loads((task_dir(out, f"main:{seed}") / "report.json").read_text()) for seed in (0, 1)]
+        up = sum(_value(r["stage2"], keys) > _value(r["stage1"], keys) for r in reports)
+        assert result["main"][label]["seeds_up"] == {"up": up, "n": 2}
     ratio = result["stage1_novel_base_ratio"]
     assert set(ratio["per_seed"]) == {0, 1}
     assert result["pseudo_quality"]["precision@0.5"]["n"] == 2
     text = (out / "study.txt").read_text()
     assert "SIMULATED" in text and "recovered" in text and "over floor" in text
-    assert "novel / base" in text and "rounds-2" in text
+    assert "novel / base" in text and "rounds-2" in text and "seeds 2 > 1" in text
     for name in ("study_stages.png", "study_scaling.png", "study_tau.png"):
         assert (out / name).stat().st_size > 1000
 
