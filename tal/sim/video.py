@@ -9,8 +9,8 @@ A row is the L2-normalised sum of
 where w(t) is a soft box (product of two logistic ramps, 0.5 at the true boundary) and content(t) mixes the
 generic action direction, the family, the class prototype (moving from its build-up to its main phase), the
 instance's own look and fast motion noise.  The plan is drawn from its own random stream, so annotations can
-be produced without rendering rows, and a video's bytes depend only on (seed, split, index): rows are rendered
-with one BLAS thread, because a matrix product's rounding follows how BLAS splits it among its threads.
+be produced without rendering rows, and a video's bytes depend only on (seed, split, index) (rows are rendered
+on one BLAS thread: ``tal.sim.world.one_blas_thread``).
 """
 
 from __future__ import annotations
@@ -19,16 +19,12 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from tal.sim.config import DomainConfig
-from tal.sim.world import World, latent
+from tal.sim.world import World, latent, one_blas_thread
 
 LN81 = 2.0 * np.log(9.0)  # a logistic of scale a rises from 10 % to 90 % in a * ln(81)
 MOTION_TAU_S = 0.5        # correlation time of the motion noise inside actions
-# With two BLAS threads instead of one, rows differed by ~6e-8, enough to flip float16 store values and send
-# training elsewhere; rendering under one thread makes the bytes the same whatever OMP_NUM_THREADS or the cores.
-_BLAS = ThreadpoolController()
 
 
 @dataclass
@@ -213,7 +209,7 @@ def soft_box(t: np.ndarray, ev: Event) -> np.ndarray:
     return 1.0 / ((1.0 + np.exp(-(t - ev.start) / a)) * (1.0 + np.exp(-(ev.end - t) / a)))
 
 
-@_BLAS.wrap(limits=1, user_api="blas")
+@one_blas_thread
 def render_rows(world: World, plan: VideoPlan, rng: np.random.Generator) -> np.ndarray:
     """The [T, D] float32 L2-normalised rows of a planned video."""
     cfg, dom = world.cfg, world.cfg.domain(plan.domain)

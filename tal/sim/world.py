@@ -12,11 +12,16 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from tal.sim.config import SimConfig, SimConfigError
 from tal.sim.names import class_families
 
 TEXT_TEMPLATE = "a video of a person {}."
+# A matrix product's rounding follows how BLAS splits it among threads (two threads rendered rows ~6e-8 away
+# from one thread's: enough to flip float16 store values and send training elsewhere), so everything the
+# simulator computes runs on one BLAS thread and its bytes depend on the seed alone.
+one_blas_thread = ThreadpoolController().wrap(limits=1, user_api="blas")
 
 
 def stream(*keys) -> np.random.Generator:
@@ -95,6 +100,7 @@ def choose_novel(rng: np.random.Generator, family_of: np.ndarray, num_novel: int
     return np.array(sorted(novel), dtype=int)
 
 
+@one_blas_thread
 def make_world(cfg: SimConfig) -> World:
     """Build the world of ``cfg`` deterministically from ``cfg.seed``."""
     cfg.validate()
