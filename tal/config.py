@@ -21,7 +21,7 @@ from tal.model.config import ModelConfig
 
 PRESETS = ("small", "thumos", "anet")
 MODES = ("closed", "agnostic")
-PSEUDO_WEIGHTS = ("score", "1")
+PSEUDO_WEIGHTS = ("score", "1", "soft")
 BATCHING = ("length", "max")
 AMP_DTYPES = ("float16", "bfloat16")
 
@@ -40,7 +40,9 @@ class DataConfig:
     num_workers: int = 2
     skip_missing: bool = False  # annotated videos absent from every store: skip (True) or error (False)
     pseudo_ratio: float | None = None  # fraction of pseudo-labelled clips per epoch; None = natural proportion
-    pseudo_weight: str = "score"  # per-segment weight of pseudo-labels in the loss: their score or 1
+    # pseudo-labels in the loss: positives weighted by their score, weight 1, or soft (an action with probability
+    # = score); the three measured in docs/selftrain.md
+    pseudo_weight: str = "score"
     epoch_clips: int | None = None  # clips per epoch (drawn at pseudo_ratio or the natural one); None = every clip
     # length: batches of clips of similar length, each padded to its longest clip (rounded up to the largest
     # pyramid stride); max: every batch padded to max_seq_len (ActionFormer). The model sees the same either way.
@@ -64,7 +66,7 @@ class DataConfig:
         if self.pseudo_weight in (1, "1", "1.0"):
             self.pseudo_weight = "1"
         if self.pseudo_weight not in PSEUDO_WEIGHTS:
-            raise ConfigError(f"data.pseudo_weight must be 'score' or 1, got {self.pseudo_weight!r}")
+            raise ConfigError(f"data.pseudo_weight must be 'score', 1 or 'soft', got {self.pseudo_weight!r}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.batching not in BATCHING:

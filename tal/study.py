@@ -60,6 +60,10 @@ ABLATIONS = {
                            "the local-precision τ, each pseudo-label weighing 1 instead of its score"),
     "no-ignore": ({"rule.recall": None}, "no ignore regions: below τ is background"),
     "weight-1": ({"pseudo_weight": "1"}, "pseudo-labels weigh 1 in the loss, not their score"),
+    "soft": ({"pseudo_weight": "soft"}, "soft pseudo-labels: an action with probability = score (score × action "
+                                        "loss + (1 − score) × background loss), not a positive weighing its score"),
+    "noisy": ({"later_overrides": ["model.dropout=0.1", "model.droppath=0.3"]},
+              "a noisier student (Noisy Student): stages >= 2 with dropout 0.1 and drop-path 0.3 (0 and 0.1)"),
     "ratio-0.5": ({"pseudo_ratio": 0.5}, "half the clips pseudo-labelled (natural share: 77 %)"),
     "rounds-2": ({"rounds": 2}, "a second round: stage 2 pseudo-labels, stage 3 trains"),
     "in-domain": ({"unlabeled": "curated"}, "unlabelled videos from the labelled (curated) domain, not the web"),

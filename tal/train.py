@@ -414,8 +414,9 @@ def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
 
 
 def train_step(net, model, ema, optimizer, scaler, batch, device, clip_grad: float, use_amp: bool,
-               amp_dtype: torch.dtype = torch.float16) -> list[float]:
-    """One optimisation step on a collated batch; returns [cls_loss, reg_loss, final_loss]."""
+               amp_dtype: torch.dtype = torch.float16, soft: bool = False) -> list[float]:
+    """One optimisation step on a collated batch; returns [cls_loss, reg_loss, final_loss]. ``soft``: segment
+    weights are probabilities of being an action (``data.pseudo_weight: soft``, see ``ActionFormer.losses``)."""
     feats = batch["feats"].to(device, non_blocking=True)
     masks = batch["masks"].to(device, non_blocking=True)
     segs = [s.to(device) for s in batch["segments"]]
@@ -424,7 +425,7 @@ def train_step(net, model, ema, optimizer, scaler, batch, device, clip_grad: flo
     ignore = [r.to(device) for r in batch["ignore"]]
     with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
         out = net(feats, masks)
-        losses = model.losses(out, segs, labels, weights, ignore)
+        losses = model.losses(out, segs, labels, weights, ignore, soft=soft)
     loss = losses["final_loss"]
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -451,7 +452,7 @@ def _run_epoch(run: _Run, loader, epoch, warmup_steps, total_steps, progress):
             group["lr"] = lr
         run.ema.decay = ema_decay_at(run.step + i, cfg.train.ema_decay, run.ema_warmup)
         values = train_step(run.net, run.model, run.ema, run.optimizer, run.scaler, batch, dist.device,
-                            cfg.train.clip_grad, run.use_amp, run.amp_dtype)
+                            cfg.train.clip_grad, run.use_amp, run.amp_dtype, soft=cfg.data.pseudo_weight == "soft")
         if not all(math.isfinite(v) for v in values):
             raise TrainError(f"non-finite loss at epoch {epoch + 1}, iteration {i + 1}: {values}; lower --lr")
         sums = [s + v for s, v in zip(sums, values)]

@@ -197,10 +197,12 @@ def test_pseudo_labels_are_agnostic_and_weighted(bench):
     stores = StoreSet([store])
     by_score = build_records(stores, pseudo, source="pl", mode="agnostic", classes=None, pseudo=True)
     ones = build_records(stores, pseudo, source="pl", mode="agnostic", classes=None, pseudo=True, pseudo_weight="1")
-    for r, r1 in zip(by_score, ones):
+    soft = build_records(stores, pseudo, source="pl", mode="agnostic", classes=None, pseudo=True, pseudo_weight="soft")
+    for r, r1, rs in zip(by_score, ones, soft):
         assert r.pseudo and r.labels.tolist() == [0] * len(r.labels)
         assert np.allclose(r.weights, [0.25 + 0.5 * (i % 2) for i in range(len(r.weights))])
         assert np.all(r1.weights == 1.0)
+        assert np.array_equal(rs.weights, r.weights)  # soft: the score, read by the loss as a probability
 
 
 def test_dataset_pickles_without_rows_and_reads_in_workers(bench):

@@ -219,6 +219,44 @@ def test_ignore_regions_leave_their_points_out_of_the_classification_loss_only()
     assert losses["cls_loss"].item() < plain["cls_loss"].item()
 
 
+def _fitted_probability(model, out, weight: float, soft: bool) -> float:
+    """Fit the classification logits alone to the loss of one pseudo-label of this weight; its points' mean
+    probability afterwards (every point's loss is its own, so this is what the label teaches those points)."""
+    segs, labels = [torch.tensor([[10.0, 13.0]])], [torch.tensor([0])]
+    logits = out["cls_logits"].detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(600):
+        loss = model.losses(dict(out, cls_logits=logits), segs, labels, [torch.tensor([weight])], soft=soft)
+        opt.zero_grad()
+        loss["cls_loss"].backward()
+        opt.step()
+    t, level = out["points"][:, 0], out["points"][:, 3]
+    positive = (t > 10) & (t < 13) & (level == 1)
+    return torch.sigmoid(logits[0, positive, 0]).mean().item()
+
+
+def test_soft_pseudo_labels_teach_their_score_not_certainty():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(num_classes=1)).eval()  # eval: the loss normaliser stays fixed
+    out = model(torch.randn(1, 16, 64), torch.ones(1, 64, dtype=torch.bool))
+    segs, labels = [torch.tensor([[10.0, 13.0]])], [torch.tensor([0])]
+    plain = model.losses(out, segs, labels)
+    # weight 1: a human label, whichever way weights are read
+    sure = model.losses(out, segs, labels, [torch.tensor([1.0])], soft=True)
+    assert sure["cls_loss"].item() == pytest.approx(plain["cls_loss"].item(), rel=1e-6)
+    # soft weight 0: its points are background, as if the segment were not there (regression still weighs 0)
+    none = model.losses(out, segs, labels, [torch.tensor([0.0])], soft=True)
+    empty = model.losses(out, [torch.zeros(0, 2)], [torch.zeros(0, dtype=torch.long)])
+    assert none["cls_loss"].item() == pytest.approx(empty["cls_loss"].item(), rel=1e-6)
+    assert none["reg_loss"].item() == 0.0
+    # a weighted positive is pushed towards certainty whatever its weight; a soft one towards a probability that
+    # grows with its score and stays below certainty
+    weighted = [_fitted_probability(model, out, w, soft=False) for w in (0.2, 0.8)]
+    soft = [_fitted_probability(model, out, w, soft=True) for w in (0.2, 0.8)]
+    assert min(weighted) > 0.85  # and still rising: focal loss leaves a positive nothing that holds it back
+    assert soft[0] < soft[1] < 0.6  # settled (alpha-weighted focal loss: below the score, as for a human label)
+
+
 def test_label_smoothing_changes_targets():
     torch.manual_seed(0)
     model = build_model(tiny_cfg()).eval()

@@ -9,6 +9,7 @@ import sys
 import pytest
 import yaml
 
+from tal.config import load_config
 from tal.study import StudySettings, ablation_config, collect, main_config, run_study, task_dir
 from test_pseudo import TINY_SETS
 
@@ -111,6 +112,18 @@ def test_local_precision_ablations_change_only_the_rule_and_the_weight(tmp_path)
         type(main.threshold_rule)(**{**main.threshold_rule.to_dict(), "precision_of": "local"})
     assert (local.pseudo_weight, local_w1.pseudo_weight) == (main.pseudo_weight, "1")
     assert not local.ceiling and not local.floor and local.filter == main.filter
+
+
+def test_soft_and_noisy_ablations_change_only_their_setting(tmp_path):
+    paths = collections.defaultdict(lambda: str(tmp_path / "unused"))  # configs only: nothing is read
+    main = main_config(paths, 0, tiny_settings())
+    soft, noisy = ablation_config(main, "soft"), ablation_config(main, "noisy")
+    assert main.pseudo_weight is None and load_config("small").data.pseudo_weight == "score"  # the default
+    assert soft.pseudo_weight == "soft"
+    assert noisy.later_overrides == list(main.later_overrides) + ["model.dropout=0.1", "model.droppath=0.3"]
+    for variant in (soft, noisy):
+        assert variant.threshold_rule == main.threshold_rule and variant.filter == main.filter
+        assert not variant.ceiling and not variant.floor
 
 
 def test_scaling_keeps_compute_and_mix_and_nests_the_web_videos(study):

@@ -64,7 +64,9 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
               help="Stage >= 2 starts from scratch (none), with the EMA from the previous stage and a fresh student "
                    "(ema), or fine-tunes the previous stage (finetune).")
 @click.option("--pseudo-ratio", type=click.FloatRange(0, 1), default=None, help="Share of pseudo-labelled clips.")
-@click.option("--pseudo-weight", type=click.Choice(["score", "1"]), default=None)
+@click.option("--pseudo-weight", type=click.Choice(["score", "1", "soft"]), default=None,
+              help="Pseudo-labels in stages >= 2: weighted by their score (default), weight 1, or soft (an action "
+                   "with probability = score).")
 @click.option("--test-features", type=click.Path(exists=True), default=None,
               help="In-domain test store: novel-only and generalized protocols.")
 @click.option("--test-annotations", type=click.Path(exists=True), default=None)

@@ -38,8 +38,9 @@ from tal.config import MODES, PRESETS, load_config
                    "(default: such videos are an error).")
 @click.option("--pseudo-ratio", type=click.FloatRange(0, 1), default=None,
               help="Fraction of pseudo-labelled clips per epoch (default: natural proportion).")
-@click.option("--pseudo-weight", type=click.Choice(["score", "1"]), default=None,
-              help="Loss weight of a pseudo-label: its score or 1.")
+@click.option("--pseudo-weight", type=click.Choice(["score", "1", "soft"]), default=None,
+              help="A pseudo-label in the loss: weighted by its score, weight 1, or soft (an action with "
+                   "probability = its score: score × action loss + (1 − score) × background loss).")
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Fine-tune: start from this checkpoint's (EMA) weights.")
 @click.option("--init-ema-from", type=click.Path(exists=True, dir_okay=False), default=None,

@@ -141,7 +141,8 @@ def build_records(stores: StoreSet, aset, *, source: str, mode: str, classes: li
     """Training records for one annotation set.
 
     ``mode='closed'``: label ids index ``classes``; ``mode='agnostic'``: every label is class 0. Pseudo-labels are
-    class-agnostic whatever the mode, weighted by their score (``pseudo_weight='score'``) or 1.
+    class-agnostic whatever the mode, weighted by their score (``pseudo_weight='score'``, and ``'soft'``, where
+    the training loss reads the weight as a probability) or 1.
     """
     if drop_empty is None:  # human labels: a video without them is not part of the split; a pseudo-labelled
         drop_empty = not pseudo  # video without actions is background to learn from
@@ -164,7 +165,7 @@ def build_records(stores: StoreSet, aset, *, source: str, mode: str, classes: li
             rec.labels = np.array([index[s.label] for s in segs], np.int64)
         else:
             rec.labels = np.zeros(len(segs), np.int64)
-        if pseudo and pseudo_weight == "score":
+        if pseudo and pseudo_weight in ("score", "soft"):
             rec.weights = np.array([1.0 if s.score is None else float(s.score) for s in segs], np.float32)
         else:
             rec.weights = np.ones(len(segs), np.float32)

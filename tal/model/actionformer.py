@@ -70,10 +70,13 @@ class ActionFormer(nn.Module):
         }
 
     # --- training ------------------------------------------------------------------------------------------
-    def losses(self, out: dict, gt_segments, gt_labels, gt_weights=None, gt_ignore=None) -> dict:
+    def losses(self, out: dict, gt_segments, gt_labels, gt_weights=None, gt_ignore=None, soft: bool = False) -> dict:
         """Focal + DIoU losses, normalised by an EMA of the number of positive points (updated in training).
 
         gt_segments / gt_labels / gt_weights: one tensor per video ([N, 2] grid units, [N] long, [N] float).
+        A weight w scales its points' losses; with ``soft`` it is instead the probability that the segment is an
+        action: its points' classification loss is w × the action's loss + (1 − w) × the background loss (the
+        expected loss of a label that is right with probability w; regression still weighs w).
         gt_ignore: per video [M, 2] regions of unknown label (grid units): points of any level inside one are
         left out of the classification loss unless they are positives (as detectors treat "don't care"
         regions: neither action nor background)."""
@@ -109,7 +112,12 @@ class ActionFormer(nn.Module):
             target = target * (1 - cfg.label_smoothing) + cfg.label_smoothing / (cfg.num_classes + 1)
         logits = out["cls_logits"][valid].float()
         focal = sigmoid_focal_loss(logits, target, cfg.focal_alpha, cfg.focal_gamma)
-        cls_loss = (focal * weights[valid][:, None]).sum() / norm
+        w = weights[valid][:, None]
+        if soft:
+            background = sigmoid_focal_loss(logits, torch.zeros_like(target), cfg.focal_alpha, cfg.focal_gamma)
+            cls_loss = (focal * w + background * (1 - w)).sum() / norm
+        else:
+            cls_loss = (focal * w).sum() / norm
 
         if num_pos > 0:
             diou = diou_loss_1d(out["offsets"][pos].float(), gt_off[pos])
