@@ -1,5 +1,6 @@
 """tal.data: seconds <-> grid units, crops that keep actions, padding and masks, store joins, pseudo mixing."""
 
+import dataclasses
 import pickle
 from collections import Counter
 
@@ -203,6 +204,12 @@ def test_pseudo_labels_are_agnostic_and_weighted(bench):
         assert np.allclose(r.weights, [0.25 + 0.5 * (i % 2) for i in range(len(r.weights))])
         assert np.all(r1.weights == 1.0)
         assert np.array_equal(rs.weights, r.weights)  # soft: the score, read by the loss as a probability
+    # soft reads a score as a probability: one outside [0, 1] is an error naming the file and video
+    first = next(iter(pseudo.videos.values()))
+    first.segments[0] = dataclasses.replace(first.segments[0], score=1.5)
+    with pytest.raises(DatasetError, match=rf"pl: video {first.video_id} has pseudo-label score\(s\) outside"):
+        build_records(stores, pseudo, source="pl", mode="agnostic", classes=None, pseudo=True, pseudo_weight="soft")
+    build_records(stores, pseudo, source="pl", mode="agnostic", classes=None, pseudo=True)  # score: a weight
 
 
 def test_dataset_pickles_without_rows_and_reads_in_workers(bench):

@@ -249,8 +249,14 @@ def test_soft_pseudo_labels_teach_their_score_not_certainty():
     empty = model.losses(out, [torch.zeros(0, 2)], [torch.zeros(0, dtype=torch.long)])
     assert none["cls_loss"].item() == pytest.approx(empty["cls_loss"].item(), rel=1e-6)
     assert none["reg_loss"].item() == 0.0
-    # a weighted positive is pushed towards certainty whatever its weight; a soft one towards a probability that
-    # grows with its score and stays below certainty
+    # ... with label smoothing too: its background target is every background point's
+    smoothed = build_model(tiny_cfg(num_classes=1, label_smoothing=0.1)).eval()
+    out_s = smoothed(torch.randn(1, 16, 64), torch.ones(1, 64, dtype=torch.bool))
+    none_s = smoothed.losses(out_s, segs, labels, [torch.tensor([0.0])], soft=True)
+    empty_s = smoothed.losses(out_s, [torch.zeros(0, 2)], [torch.zeros(0, dtype=torch.long)])
+    assert none_s["cls_loss"].item() == pytest.approx(empty_s["cls_loss"].item(), rel=1e-6)
+    # a weighted positive's loss is least at certainty whatever its weight (the weight scales the pull, not where
+    # it ends); a soft one's is least at a probability that grows with the score and stays below certainty
     weighted = [_fitted_probability(model, out, w, soft=False) for w in (0.2, 0.8)]
     soft = [_fitted_probability(model, out, w, soft=True) for w in (0.2, 0.8)]
     assert min(weighted) > 0.85  # and still rising: focal loss leaves a positive nothing that holds it back

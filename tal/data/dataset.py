@@ -167,6 +167,10 @@ def build_records(stores: StoreSet, aset, *, source: str, mode: str, classes: li
             rec.labels = np.zeros(len(segs), np.int64)
         if pseudo and pseudo_weight in ("score", "soft"):
             rec.weights = np.array([1.0 if s.score is None else float(s.score) for s in segs], np.float32)
+            if pseudo_weight == "soft" and not ((rec.weights >= 0) & (rec.weights <= 1)).all():
+                raise DatasetError(f"{source}: video {vid} has pseudo-label score(s) outside [0, 1] "
+                                   f"({rec.weights.min():.4g}..{rec.weights.max():.4g}); pseudo_weight 'soft' reads "
+                                   "a score as the probability of an action")
         else:
             rec.weights = np.ones(len(segs), np.float32)
         rec.ignore = np.array([[a, b] for a, b, _ in video.ignore], np.float64).reshape(-1, 2)

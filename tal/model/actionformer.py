@@ -76,7 +76,8 @@ class ActionFormer(nn.Module):
         gt_segments / gt_labels / gt_weights: one tensor per video ([N, 2] grid units, [N] long, [N] float).
         A weight w scales its points' losses; with ``soft`` it is instead the probability that the segment is an
         action: its points' classification loss is w × the action's loss + (1 − w) × the background loss (the
-        expected loss of a label that is right with probability w; regression still weighs w).
+        expected loss of a label that is right with probability w, w in [0, 1]; regression still weighs w; the
+        loss normaliser counts its points as positives all the same).
         gt_ignore: per video [M, 2] regions of unknown label (grid units): points of any level inside one are
         left out of the classification loss unless they are positives (as detectors treat "don't care"
         regions: neither action nor background)."""
@@ -108,13 +109,15 @@ class ActionFormer(nn.Module):
         norm = self.loss_normalizer.item()
 
         target = gt_cls[valid]
-        if cfg.label_smoothing > 0:
-            target = target * (1 - cfg.label_smoothing) + cfg.label_smoothing / (cfg.num_classes + 1)
+        smooth = cfg.label_smoothing
+        if smooth > 0:
+            target = target * (1 - smooth) + smooth / (cfg.num_classes + 1)
         logits = out["cls_logits"][valid].float()
         focal = sigmoid_focal_loss(logits, target, cfg.focal_alpha, cfg.focal_gamma)
         w = weights[valid][:, None]
-        if soft:
-            background = sigmoid_focal_loss(logits, torch.zeros_like(target), cfg.focal_alpha, cfg.focal_gamma)
+        if soft:  # the background target as every background point gets it, smoothing included
+            background_target = torch.full_like(target, smooth / (cfg.num_classes + 1) if smooth > 0 else 0.0)
+            background = sigmoid_focal_loss(logits, background_target, cfg.focal_alpha, cfg.focal_gamma)
             cls_loss = (focal * w + background * (1 - w)).sum() / norm
         else:
             cls_loss = (focal * w).sum() / norm
