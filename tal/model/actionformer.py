@@ -108,19 +108,18 @@ class ActionFormer(nn.Module):
             self.loss_normalizer.mul_(m).add_((1 - m) * max(num_pos, 1))
         norm = self.loss_normalizer.item()
 
-        target = gt_cls[valid]
-        smooth = cfg.label_smoothing
-        if smooth > 0:
-            target = target * (1 - smooth) + smooth / (cfg.num_classes + 1)
+        def smoothed(t):
+            s = cfg.label_smoothing
+            return t * (1 - s) + s / (cfg.num_classes + 1) if s > 0 else t
+
+        target = smoothed(gt_cls[valid])
         logits = out["cls_logits"][valid].float()
-        focal = sigmoid_focal_loss(logits, target, cfg.focal_alpha, cfg.focal_gamma)
         w = weights[valid][:, None]
-        if soft:  # the background target as every background point gets it, smoothing included
-            background_target = torch.full_like(target, smooth / (cfg.num_classes + 1) if smooth > 0 else 0.0)
-            background = sigmoid_focal_loss(logits, background_target, cfg.focal_alpha, cfg.focal_gamma)
-            cls_loss = (focal * w + background * (1 - w)).sum() / norm
-        else:
-            cls_loss = (focal * w).sum() / norm
+        cls = sigmoid_focal_loss(logits, target, cfg.focal_alpha, cfg.focal_gamma) * w
+        if soft:  # the rest of the expected loss: background, with the target every background point gets
+            cls = cls + sigmoid_focal_loss(logits, smoothed(torch.zeros_like(target)), cfg.focal_alpha,
+                                           cfg.focal_gamma) * (1 - w)
+        cls_loss = cls.sum() / norm
 
         if num_pos > 0:
             diou = diou_loss_1d(out["offsets"][pos].float(), gt_off[pos])
