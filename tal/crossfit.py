@@ -1,8 +1,8 @@
 """Held-out evidence for the pseudo-label thresholds by cross-fitting (see :mod:`tal.thresholds`).
 
 The labelled videos (those with segments of the training classes) are dealt into K folds by a seeded
-permutation. Fold k's model is trained by the stage-1 recipe on the other folds (``OUT/fold<k>/``, resumable
-like any run) and proposes actions on fold k; the proposals go through the pseudo-label filters (clip,
+permutation. Fold k's model is trained by the recipe it stands for on the other folds (``OUT/fold<k>/``,
+resumable like any run) — for a later stage also on that stage's pseudo-labels — and proposes actions on fold k; the proposals go through the pseudo-label filters (clip,
 minimum duration, duplicates; no threshold) and are matched to fold k's instances, class-agnostically.
 Each fold's sample is cached (``OUT/fold<k>/heldout.json``), so a rerun only redoes what is missing.
 """
@@ -52,7 +52,10 @@ def fold_assignment(video_ids: list[str], folds: int, seed: int) -> list[list[st
 
 def heldout_sample(run_cfg, inputs, out_dir, filter_cfg, *, folds: int = 2, alpha: float = 0.5, seed: int = 0,
                    progress: bool = True) -> ScoreSample:
-    """Train the fold models (or reuse them) and return the held-out (score, hit) sample of all folds."""
+    """Train the fold models (or reuse them) and return the held-out (score, hit) sample of all folds.
+
+    ``inputs``: the training inputs of the stage the thresholds are for; its human labels are split into folds,
+    its pseudo-labels (unlabelled videos only) go to every fold model."""
     from tal.pseudo import filter_proposals
     from tal.infer import iter_detections
     from tal.train import train
@@ -70,12 +73,13 @@ def heldout_sample(run_cfg, inputs, out_dir, filter_cfg, *, folds: int = 2, alph
         train_ids = [v for j, part in enumerate(assignment) if j != k for v in part]
         ann = fold_dir / "train.json"
         write_official(labelled.restrict_videos(train_ids), ann)
-        fold_inputs = dataclasses.replace(inputs, annotations=[str(ann)], pseudo=[])
+        fold_inputs = dataclasses.replace(inputs, annotations=[str(ann)])
         log.info("cross-fitting fold %d/%d: training on %d labelled videos, holding out %d", k + 1, folds,
                  len(train_ids), len(heldout))
         ckpt = train(run_cfg, fold_inputs, fold_dir, resume=True, progress=progress)
         proposals = {}
-        for vid, dets in iter_detections(inputs.features, ckpt, heldout, batch_size=8):
+        for vid, dets in iter_detections(inputs.features, ckpt, heldout, batch_size=8,
+                                         prefer_store=inputs.prefer_store):
             video = labelled.videos[vid]
             duration = video.duration if np.isfinite(video.duration) else max((d.end for d in dets), default=0.0)
             segs = np.array([[d.start, d.end] for d in dets], np.float64).reshape(-1, 2)

@@ -105,8 +105,8 @@ class SelfTrainConfig:
         d = dict(d)
         d["filter"] = FilterConfig(**d["filter"])
         if d.get("threshold_rule") is not None:
-            # runs recorded before precision_of existed used the kept set's precision
-            d["threshold_rule"] = ThresholdRule(**{"precision_of": "kept", **d["threshold_rule"]})
+            # runs recorded before precision_of / per_round existed: the kept set's precision, chosen once
+            d["threshold_rule"] = ThresholdRule(**{"precision_of": "kept", "per_round": False, **d["threshold_rule"]})
         d["tests"] = [EvalSet(**t) for t in d.get("tests", [])]
         return cls(**d)
 
@@ -275,6 +275,7 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
     ckpt = out / "stage1" / "last.pt"
     stages: dict[str, dict] = {}
     pseudo_counts: dict[str, dict] = {}
+    pseudo_files: list[Path] = []  # the pseudo-labels the last stage trained on
     for stage in range(1, cfg.rounds + 2):
         name = f"stage{stage}"
         pseudo = []
@@ -282,7 +283,7 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
             pl = out / f"pseudo_round{stage - 1}.json"
             step = f"round{stage - 1}.pseudo"
             if not state.finished(step):
-                filt, why = pseudo_filter(cfg, state, out, progress)
+                filt, why = pseudo_filter(cfg, state, out, progress, stage - 1, pseudo_files)
                 log.info("%s: pseudo-labelling %s with %s (τ = %.4g%s)", step, cfg.unlabeled_features, ckpt,
                          filt.threshold, "" if filt.ignore_threshold is None else
                          f", ignore regions from {filt.ignore_threshold:.4g}")
@@ -296,7 +297,7 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
                          quality["precision@0.5"], quality["recall@0.5"], cfg.unlabeled_truth, _group_recall(quality))
             pseudo = [pl]
         stages[name] = _train_and_evaluate(cfg, state, out / name, pseudo, ckpt if stage > 1 else None, progress)
-        ckpt = out / name / "last.pt"
+        ckpt, pseudo_files = out / name / "last.pt", pseudo
     if cfg.ceiling and cfg.rounds >= 1:
         truth = out / "ceiling_labels.json"
         if not truth.exists():
@@ -329,34 +330,43 @@ def _train_and_evaluate(cfg, state, run_dir: Path, pseudo, init_from, progress, 
     return summarize(json.loads((run_dir / "eval.json").read_text()))
 
 
-def pseudo_filter(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: bool) -> tuple[FilterConfig, dict]:
-    """The pseudo-label filter and why its thresholds are what they are (recorded in the file's provenance).
+def pseudo_filter(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: bool, model_stage: int = 1,
+                  model_pseudo=()) -> tuple[FilterConfig, dict]:
+    """The filter for the pseudo-labels stage ``model_stage`` writes (trained on ``model_pseudo``) and why its
+    thresholds are what they are (recorded in the file's provenance).
 
-    With a threshold rule, the thresholds come from stage-1 recipe models cross-fitted on the labelled videos
-    (``OUT/thresholds/``, chosen once and reused by later rounds); else ``cfg.filter``'s fixed ones."""
+    With a threshold rule, the thresholds come from models cross-fitted on the labelled videos by the recipe of
+    the stage they are for: stage 1's (``OUT/thresholds/``); with ``rule.per_round``, stage k's for round k
+    (``OUT/thresholds_stage<k>/``: its recipe on the other folds' labels and ``model_pseudo``), else round 1's
+    reused. Without a rule, ``cfg.filter``'s fixed ones."""
     if cfg.threshold_rule is None:
         return cfg.filter, {"threshold_source": "fixed (--threshold)"}
     from tal.crossfit import heldout_sample
     from tal.thresholds import ThresholdError, choose_thresholds
 
-    path = out / "thresholds" / "choice.json"
-    if not state.finished("stage1.thresholds"):
-        rule = cfg.threshold_rule
+    rule = cfg.threshold_rule
+    k = model_stage if rule.per_round else 1
+    folder = out / ("thresholds" if k == 1 else f"thresholds_stage{k}")
+    path, step = folder / "choice.json", f"stage{k}.thresholds"
+    if not state.finished(step):
         try:
-            sample = heldout_sample(stage_run_config(cfg, later=False), stage_inputs(cfg), out / "thresholds",
-                                    cfg.filter, folds=rule.folds, alpha=rule.alpha, seed=cfg.seed, progress=progress)
+            sample = heldout_sample(stage_run_config(cfg, later=k > 1), stage_inputs(cfg, model_pseudo if k > 1 else ()),
+                                    folder, cfg.filter, folds=rule.folds, alpha=rule.alpha, seed=cfg.seed,
+                                    progress=progress)
             choice = choose_thresholds(sample, rule)
         except ThresholdError as e:
-            raise SelfTrainError(f"{out / 'thresholds'}: {e}") from None
+            raise SelfTrainError(f"{folder}: {e}") from None
         if not choice["precision_reached"]:
             log.warning("no threshold reaches %s %.2f on the held-out labelled videos (best %.3f): every "
                         "unlabelled video keeps only its top-1 proposal", rule.precision_key.replace("_", " "),
                         rule.precision, choice["at_threshold"][rule.precision_key])
+        choice["stage"] = k
         atomic_write_json(path, choice)
-        state.mark("stage1.thresholds")
+        state.mark(step)
     choice = json.loads(path.read_text())
     filt = replace(cfg.filter, threshold=choice["threshold"], ignore_threshold=choice.get("ignore_threshold"))
-    return filt, {"threshold_source": "chosen on held-out labelled videos (tal.thresholds)", "threshold_choice": choice}
+    source = f"chosen on held-out labelled videos for stage {k}'s recipe (tal.thresholds)"
+    return filt, {"threshold_source": source, "threshold_choice": choice}
 
 
 def oracle_pseudo_labels(truth_path, like, out) -> Path:

@@ -66,6 +66,8 @@ ABLATIONS = {
               "a noisier student (Noisy Student): stages >= 2 with dropout 0.1 and drop-path 0.3 (0 and 0.1)"),
     "ratio-0.5": ({"pseudo_ratio": 0.5}, "half the clips pseudo-labelled (natural share: 77 %)"),
     "rounds-2": ({"rounds": 2}, "a second round: stage 2 pseudo-labels, stage 3 trains"),
+    "rounds-2-per-round": ({"rounds": 2, "rule.per_round": True},
+                           "a second round, its τ chosen again for stage 2 (fold models by stage 2's recipe)"),
     "in-domain": ({"unlabeled": "curated"}, "unlabelled videos from the labelled (curated) domain, not the web"),
     "oracle-selection": ({}, "analysis only: stage 1's own proposals (score >= 0.01) that match a true instance "
                              "and no others: a perfect selection rule"),
@@ -157,7 +159,7 @@ def run_task(out: Path, task: str, settings: StudySettings, progress: bool = Fal
     elif kind == "ablation":
         variant = ablation_config(cfg, arg)
         share_stage1(base_dir, folder, same_rule=variant.threshold_rule == cfg.threshold_rule)
-        if arg == "rounds-2":
+        if arg.startswith("rounds-2"):
             _share(task_dir(out, f"main:{seed}"), folder, ["round1.pseudo", "stage2.train", "stage2.eval"],
                    ["pseudo_round1.json", "stage2"])
         if arg == "in-domain":
@@ -191,7 +193,7 @@ def task_dependencies(task: str) -> list[str]:
         return []
     if kind in ("scale", "tau"):
         return [f"{kind}-pl:{seed}"]
-    if kind == "ablation" and arg == "rounds-2":
+    if kind == "ablation" and arg.startswith("rounds-2"):
         return [f"main:{seed}"]
     return [f"base:{seed}"]
 

@@ -170,6 +170,8 @@ class ThresholdRule:
     precision_of: str = "kept"  # "local" or "kept": see threshold_for_local_precision
     alpha: float = 0.5
     folds: int = 2
+    # Rounds >= 2: cross-fit the recipe of the stage that pseudo-labels (its own scores) or reuse round 1's τ.
+    per_round: bool = False
 
     def __post_init__(self):
         if not 0 < self.precision <= 1:

@@ -240,13 +240,45 @@ def test_ceiling_floor_and_recovery_are_reported(chosen_run, tiny_data):
     assert "recovered" in table and "over floor" in table and f"precision {quality['precision@0.5']:.3f}" in table
 
 
+@pytest.mark.parametrize("per_round", [True, False])
+def test_later_rounds_choose_their_threshold_for_the_stage_that_pseudo_labels(tiny_data, tmp_path, per_round):
+    out = tmp_path / "run"
+    cfg = _config(tiny_data)
+    cfg.rounds, cfg.tests = 2, []
+    cfg.threshold_rule = ThresholdRule(precision=0.5, recall=0.9, per_round=per_round)
+    run_selftrain(cfg, out, progress=False)
+    prov = [json.loads((out / f"pseudo_round{k}.json").read_text())["provenance"] for k in (1, 2)]
+    first = json.loads((out / "thresholds" / "choice.json").read_text())
+    assert prov[0]["threshold_choice"] == first and first["stage"] == 1
+    state = json.loads((out / "state.json").read_text())["done"]
+    if not per_round:  # round 1's thresholds, reused
+        assert prov[1]["threshold_choice"] == first and not (out / "thresholds_stage2").exists()
+        assert "stage2.thresholds" not in state
+        return
+    again = json.loads((out / "thresholds_stage2" / "choice.json").read_text())
+    assert prov[1]["threshold_choice"] == again and again["stage"] == 2 and "stage 2" in prov[1]["threshold_source"]
+    assert prov[1]["threshold"] == again["threshold"] != first["threshold"]
+    assert state.index("stage2.train") < state.index("stage2.thresholds") < state.index("round2.pseudo")
+    for k in range(2):
+        # stage 2's recipe on the same folds as round 1's, with round 1's pseudo-labels
+        fold = torch.load(out / "thresholds_stage2" / f"fold{k}" / "last.pt", weights_only=True)
+        assert fold["inputs"]["pseudo"] == [str(out / "pseudo_round1.json")]
+        assert str(tiny_data / "web.zarr") in fold["inputs"]["features"]
+        assert (out / "thresholds_stage2" / f"fold{k}" / "train.json").read_text() == \
+            (out / "thresholds" / f"fold{k}" / "train.json").read_text()
+        assert json.loads((out / "thresholds_stage2" / f"fold{k}" / "heldout.json").read_text()) != \
+            json.loads((out / "thresholds" / f"fold{k}" / "heldout.json").read_text())
+
+
 def test_a_run_recorded_before_precision_of_existed_resumes_with_the_rule_it_used(tiny_data):
     cfg = _config(tiny_data)
     cfg.threshold_rule = ThresholdRule(precision_of="local")
     assert SelfTrainConfig.from_dict(cfg.to_dict()).threshold_rule.precision_of == "local"
     recorded = cfg.to_dict()
     del recorded["threshold_rule"]["precision_of"]  # as such runs wrote it: the kept set's precision was the rule
-    assert SelfTrainConfig.from_dict(recorded).threshold_rule.precision_of == "kept"
+    del recorded["threshold_rule"]["per_round"]  # and round 1's thresholds were reused
+    rule = SelfTrainConfig.from_dict(recorded).threshold_rule
+    assert rule.precision_of == "kept" and rule.per_round is False
 
 
 def test_stage_options_do_not_leak_into_stage_1(tiny_data):

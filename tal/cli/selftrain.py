@@ -43,6 +43,9 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
 @click.option("--target-recall", default=0.9, show_default=True, type=click.FloatRange(0, 1),
               help="Ignore regions: proposals between τ and the score whose proposals recall this share of the "
                    "held-out instances; 0 disables ignore regions.")
+@click.option("--thresholds-per-round/--thresholds-once", default=ThresholdRule.per_round, show_default=True,
+              help="Rounds >= 2: choose τ again for the stage that pseudo-labels (fold models by its recipe, on its "
+                   "pseudo-labels too), or reuse round 1's.")
 @click.option("--folds", default=2, show_default=True, type=click.IntRange(min=2),
               help="Cross-fitting folds for choosing τ.")
 @click.option("--top-k", default=None, type=click.IntRange(min=1), help="At most K pseudo-labels per video.")
@@ -88,7 +91,7 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
 @click.option("--simulated", is_flag=True, help="Label every output as simulated data.")
 @click.option("--no-progress", is_flag=True)
 def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds, threshold, ignore_threshold,
-         target_precision, precision_of, target_recall, folds, top_k, dedup_iou, min_duration, split, classes, subset,
+         target_precision, precision_of, target_recall, thresholds_per_round, folds, top_k, dedup_iou, min_duration, split, classes, subset,
          prefer_store, preset, overrides, later_overrides, seed, init, pseudo_ratio, pseudo_weight, test_features,
          test_annotations, cross_features, cross_annotations, test_subset, vocab, skip_missing, unlabeled_truth, ceiling,
          floor, simulated, no_progress):
@@ -112,7 +115,8 @@ def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds,
                             dedup_iou=None if dedup_iou >= 1 else dedup_iou, min_duration=min_duration,
                             ignore_threshold=ignore_threshold)
         rule = None if threshold is not None else ThresholdRule(target_precision, target_recall or None,
-                                                                precision_of=precision_of, folds=folds)
+                                                                precision_of=precision_of, folds=folds,
+                                                                per_round=thresholds_per_round)
     except (PseudoLabelError, ThresholdError) as e:
         raise click.BadParameter(str(e)) from None
     cfg = SelfTrainConfig(list(labeled_features), list(labeled_annotations), unlabeled_features, rounds=rounds,
