@@ -2,8 +2,9 @@
 
 The labelled videos (those with segments of the training classes) are dealt into K folds by a seeded
 permutation. Fold k's model is trained by the recipe it stands for on the other folds (``OUT/fold<k>/``,
-resumable like any run) — for a later stage also on that stage's pseudo-labels — and proposes actions on fold k; the proposals go through the pseudo-label filters (clip,
-minimum duration, duplicates; no threshold) and are matched to fold k's instances, class-agnostically.
+resumable like any run) — for a later stage also on that stage's pseudo-labels — and proposes actions on fold
+k; the proposals go through the pseudo-label filters (clip, minimum duration, duplicates; no threshold) and are
+matched to fold k's instances, class-agnostically.
 Each fold's sample is cached (``OUT/fold<k>/heldout.json``), so a rerun only redoes what is missing.
 """
 

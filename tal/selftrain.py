@@ -350,9 +350,10 @@ def pseudo_filter(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: 
     path, step = folder / "choice.json", f"stage{k}.thresholds"
     if not state.finished(step):
         try:
-            sample = heldout_sample(stage_run_config(cfg, later=k > 1), stage_inputs(cfg, model_pseudo if k > 1 else ()),
-                                    folder, cfg.filter, folds=rule.folds, alpha=rule.alpha, seed=cfg.seed,
-                                    progress=progress)
+            # fold models start from scratch whatever --init says: stage k - 1 trained on the held-out fold
+            inputs = stage_inputs(cfg, model_pseudo if k > 1 else ())
+            sample = heldout_sample(stage_run_config(cfg, later=k > 1), inputs, folder, cfg.filter, folds=rule.folds,
+                                    alpha=rule.alpha, seed=cfg.seed, progress=progress)
             choice = choose_thresholds(sample, rule)
         except ThresholdError as e:
             raise SelfTrainError(f"{folder}: {e}") from None

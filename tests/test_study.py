@@ -2,6 +2,7 @@
 fixed compute and mix, the τ sweep, resuming, and tasks in their own processes."""
 
 import collections
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from tal.config import load_config
-from tal.study import StudySettings, ablation_config, collect, main_config, run_study, task_dir
+from tal.study import StudySettings, ablation_config, collect, main_config, run_study, task_dependencies, task_dir
 from test_pseudo import TINY_SETS
 
 SIZES = {"curated_train": 10, "web": 8, "curated_test": 6, "web_test": 6}
@@ -114,10 +115,15 @@ def test_local_precision_ablations_change_only_the_rule_and_the_weight(tmp_path)
     assert not local.ceiling and not local.floor and local.filter == main.filter
 
 
-def test_soft_and_noisy_ablations_change_only_their_setting(tmp_path):
+def test_soft_noisy_and_per_round_ablations_change_only_their_setting(tmp_path):
     paths = collections.defaultdict(lambda: str(tmp_path / "unused"))  # configs only: nothing is read
     main = main_config(paths, 0, tiny_settings())
     soft, noisy = ablation_config(main, "soft"), ablation_config(main, "noisy")
+    once, again = ablation_config(main, "rounds-2"), ablation_config(main, "rounds-2-per-round")
+    assert main.rounds == 1 and once.rounds == again.rounds == 2
+    assert not main.threshold_rule.per_round and once.threshold_rule == main.threshold_rule
+    assert again.threshold_rule == dataclasses.replace(main.threshold_rule, per_round=True)
+    assert task_dependencies("ablation:0:rounds-2-per-round") == ["main:0"]  # it shares the main run's stage 2
     assert main.pseudo_weight is None and load_config("small").data.pseudo_weight == "score"  # the default
     assert soft.pseudo_weight == "soft"
     assert noisy.later_overrides == list(main.later_overrides) + ["model.dropout=0.1", "model.droppath=0.3"]

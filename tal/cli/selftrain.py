@@ -91,10 +91,10 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
 @click.option("--simulated", is_flag=True, help="Label every output as simulated data.")
 @click.option("--no-progress", is_flag=True)
 def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds, threshold, ignore_threshold,
-         target_precision, precision_of, target_recall, thresholds_per_round, folds, top_k, dedup_iou, min_duration, split, classes, subset,
-         prefer_store, preset, overrides, later_overrides, seed, init, pseudo_ratio, pseudo_weight, test_features,
-         test_annotations, cross_features, cross_annotations, test_subset, vocab, skip_missing, unlabeled_truth, ceiling,
-         floor, simulated, no_progress):
+         target_precision, precision_of, target_recall, thresholds_per_round, folds, top_k, dedup_iou, min_duration,
+         split, classes, subset, prefer_store, preset, overrides, later_overrides, seed, init, pseudo_ratio,
+         pseudo_weight, test_features, test_annotations, cross_features, cross_annotations, test_subset, vocab,
+         skip_missing, unlabeled_truth, ceiling, floor, simulated, no_progress):
     """Self-train a class-agnostic localizer on labelled + pseudo-labelled videos; prints the stage table."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from tal.pseudo import FilterConfig, PseudoLabelError
