@@ -127,7 +127,8 @@ class RunState:
         self.out.mkdir(parents=True, exist_ok=True)
         settings, wanted = self.out / SETTINGS_NAME, _comparable(cfg.to_dict())
         if settings.exists():
-            found = _comparable(json.loads(settings.read_text()))
+            # read back through from_dict: settings recorded before a field existed hold what it defaulted to
+            found = _comparable(SelfTrainConfig.from_dict(json.loads(settings.read_text())).to_dict())
             if found != wanted:
                 diff = sorted(k for k in set(found) | set(wanted)
                               if k not in found or k not in wanted or found[k] != wanted[k])

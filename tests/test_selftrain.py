@@ -14,8 +14,8 @@ import torch
 from test_pseudo import TINY_CLASSES, TINY_SETS, make_labelled_and_web, make_tiny_store
 
 from tal.pseudo import FilterConfig, pseudo_label_quality
-from tal.selftrain import (PROTOCOL_ROWS, EvalSet, SelfTrainConfig, SelfTrainError, _lookup, evaluate_stage, format_table,
-                           run_selftrain, stage_run_config, summarize)
+from tal.selftrain import (PROTOCOL_ROWS, EvalSet, RunState, SelfTrainConfig, SelfTrainError, _lookup, evaluate_stage,
+                           format_table, run_selftrain, stage_run_config, summarize)
 from tal.thresholds import ThresholdRule
 
 
@@ -270,7 +270,7 @@ def test_later_rounds_choose_their_threshold_for_the_stage_that_pseudo_labels(ti
             json.loads((out / "thresholds" / f"fold{k}" / "heldout.json").read_text())
 
 
-def test_a_run_recorded_before_precision_of_existed_resumes_with_the_rule_it_used(tiny_data):
+def test_a_run_recorded_before_precision_of_existed_resumes_with_the_rule_it_used(tiny_data, tmp_path):
     cfg = _config(tiny_data)
     cfg.threshold_rule = ThresholdRule(precision_of="local")
     assert SelfTrainConfig.from_dict(cfg.to_dict()).threshold_rule.precision_of == "local"
@@ -279,6 +279,16 @@ def test_a_run_recorded_before_precision_of_existed_resumes_with_the_rule_it_use
     del recorded["threshold_rule"]["per_round"]  # and round 1's thresholds were reused
     rule = SelfTrainConfig.from_dict(recorded).threshold_rule
     assert rule.precision_of == "kept" and rule.per_round is False
+    # such a run directory resumes with today's equivalent settings, and is still refused with other ones
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "selftrain.json").write_text(json.dumps(recorded))
+    cfg.threshold_rule = ThresholdRule(precision_of="kept")
+    RunState(out, cfg)
+    other = _config(tiny_data, init="ema")
+    other.threshold_rule = cfg.threshold_rule
+    with pytest.raises(SelfTrainError, match=r"other settings \(init\)"):
+        RunState(out, other)
 
 
 def test_stage_options_do_not_leak_into_stage_1(tiny_data):
