@@ -128,7 +128,11 @@ class RunState:
         settings, wanted = self.out / SETTINGS_NAME, _comparable(cfg.to_dict())
         if settings.exists():
             # read back through from_dict: settings recorded before a field existed hold what it defaulted to
-            found = _comparable(SelfTrainConfig.from_dict(json.loads(settings.read_text())).to_dict())
+            try:
+                found = _comparable(SelfTrainConfig.from_dict(json.loads(settings.read_text())).to_dict())
+            except (TypeError, KeyError, ValueError, AttributeError) as e:
+                raise SelfTrainError(f"{settings}: not the settings of a tal-selftrain run ({e}); choose another "
+                                     "--out") from None
             if found != wanted:
                 diff = sorted(k for k in set(found) | set(wanted)
                               if k not in found or k not in wanted or found[k] != wanted[k])

@@ -289,6 +289,9 @@ def test_a_run_recorded_before_precision_of_existed_resumes_with_the_rule_it_use
     other.threshold_rule = cfg.threshold_rule
     with pytest.raises(SelfTrainError, match=r"other settings \(init\)"):
         RunState(out, other)
+    (out / "selftrain.json").write_text(json.dumps({**recorded, "rounds_per_epoch": 3}))  # not tal-selftrain's
+    with pytest.raises(SelfTrainError, match="selftrain.json: not the settings of a tal-selftrain run"):
+        RunState(out, cfg)
 
 
 def test_stage_options_do_not_leak_into_stage_1(tiny_data):
