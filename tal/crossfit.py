@@ -5,7 +5,8 @@ permutation. Fold k's model is trained by the recipe it stands for on the other 
 resumable like any run) — for a later stage also on that stage's pseudo-labels — and proposes actions on fold
 k; the proposals go through the pseudo-label filters (clip, minimum duration, duplicates; no threshold) and are
 matched to fold k's instances, class-agnostically.
-Each fold's sample is cached (``OUT/fold<k>/heldout.json``), so a rerun only redoes what is missing.
+Each fold's sample is cached (``OUT/fold<k>/heldout.json``), its proposals too (``heldout_proposals.json``: the
+evidence for ``--rerank auto``, :func:`tal.recurrence.choose_rerank`), so a rerun only redoes what is missing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from tal.data.annotations import AnnotationSet, write_official
 from tal.thresholds import ScoreSample, ThresholdError, match_proposals
 
 log = logging.getLogger("tal.crossfit")
+
+HELDOUT_PROPOSALS = "heldout_proposals.json"
 
 
 def labelled_videos(inputs) -> AnnotationSet:
@@ -67,8 +70,8 @@ def heldout_sample(run_cfg, inputs, out_dir, filter_cfg, *, folds: int = 2, alph
     samples = []
     for k, heldout in enumerate(assignment):
         fold_dir = out_dir / f"fold{k}"
-        cached = fold_dir / "heldout.json"
-        if cached.exists():
+        cached, proposals_file = fold_dir / "heldout.json", fold_dir / HELDOUT_PROPOSALS
+        if cached.exists() and proposals_file.exists():  # a run from before the proposals were kept redoes them
             samples.append(ScoreSample.from_dict(json.loads(cached.read_text())))
             continue
         train_ids = [v for j, part in enumerate(assignment) if j != k for v in part]
@@ -87,8 +90,31 @@ def heldout_sample(run_cfg, inputs, out_dir, filter_cfg, *, folds: int = 2, alph
             result = filter_proposals(segs, [d.score for d in dets], duration,
                                       dataclasses.replace(filter_cfg, threshold=0.0, ignore_threshold=None))
             proposals[vid] = (result.segments, result.scores)
+        write_official(_proposal_set(labelled, proposals), proposals_file)
         instances = {vid: [[s.start, s.end] for s in labelled.videos[vid].segments] for vid in heldout}
         sample = match_proposals(instances, proposals, alpha)
         atomic_write_json(cached, sample.to_dict())
         samples.append(sample)
     return ScoreSample.concat(samples)
+
+
+def _proposal_set(labelled: AnnotationSet, proposals: dict) -> AnnotationSet:
+    from tal.data.annotations import Segment, VideoAnnotation
+    from tal.pseudo import PSEUDO_LABEL
+
+    return AnnotationSet({vid: VideoAnnotation(vid, labelled.videos[vid].subset, labelled.videos[vid].duration,
+                                               labelled.videos[vid].fps,
+                                               [Segment(float(a), float(b), PSEUDO_LABEL, float(c), pseudo=True)
+                                                for (a, b), c in zip(segs, scores)])
+                          for vid, (segs, scores) in proposals.items()})
+
+
+def heldout_evidence(inputs, out_dir, folds: int) -> tuple[AnnotationSet, AnnotationSet]:
+    """The held-out labelled videos (their human segments) and the fold models' proposals on them, all folds
+    together, from a finished :func:`heldout_sample` in ``out_dir``."""
+    from tal.data.annotations import load_annotations
+
+    proposals = {}
+    for k in range(folds):
+        proposals.update(load_annotations(Path(out_dir) / f"fold{k}" / HELDOUT_PROPOSALS).videos)
+    return labelled_videos(inputs).restrict_videos(list(proposals)), AnnotationSet(proposals)

@@ -448,6 +448,20 @@ def refilter(src, out, cfg: FilterConfig, provenance: dict | None = None, limit:
     return stats
 
 
+def agnostic_detections(gt, pl) -> tuple:
+    """``gt``'s videos that ``pl`` holds, every segment labelled "action", and ``pl``'s segments as detections
+    (score 1 where none): class-agnostic evaluation of proposals (:func:`tal.eval.detection.evaluate_detection`)."""
+    from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation
+    from tal.eval.predictions import Detection
+
+    agnostic = AnnotationSet({vid: VideoAnnotation(vid, v.subset, v.duration, v.fps,
+                                                   [Segment(s.start, s.end, PSEUDO_LABEL) for s in v.segments])
+                              for vid, v in gt.videos.items() if vid in pl.videos})
+    preds = {vid: [Detection(PSEUDO_LABEL, s.score if s.score is not None else 1.0, s.start, s.end)
+                   for s in v.segments] for vid, v in pl.videos.items()}
+    return agnostic, preds
+
+
 def pseudo_label_quality(pl_path, gt_path, tiou=(0.3, 0.4, 0.5, 0.6, 0.7), novel=None) -> dict:
     """How good are the pseudo-labels? Scored as class-agnostic detections against the unlabelled videos' truth
     (analysis only: a simulation knows it, a real run rarely does): average mAP, and recall / precision at
@@ -455,17 +469,11 @@ def pseudo_label_quality(pl_path, gt_path, tiou=(0.3, 0.4, 0.5, 0.6, 0.7), novel
     overlaps it by tIoU >= 0.5). Given the ``novel`` class names, also the recall of base and of novel
     instances apart (``recall@0.5 base`` / ``recall@0.5 novel``): what self-training can teach about novel
     classes is bounded by how many of their instances stage 1 labels."""
-    from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation, load_annotations
+    from tal.data.annotations import load_annotations
     from tal.eval.detection import evaluate_detection, tiou_matrix
-    from tal.eval.predictions import Detection
 
     gt = load_annotations(gt_path)
-    pl = load_annotations(pl_path)
-    agnostic = AnnotationSet({vid: VideoAnnotation(vid, v.subset, v.duration, v.fps,
-                                                   [Segment(s.start, s.end, "action") for s in v.segments])
-                              for vid, v in gt.videos.items() if vid in pl.videos})
-    preds = {vid: [Detection("action", s.score if s.score is not None else 1.0, s.start, s.end)
-                   for s in v.segments] for vid, v in pl.videos.items()}
+    agnostic, preds = agnostic_detections(gt, load_annotations(pl_path))
     report = evaluate_detection(agnostic, preds, list(tiou))
     hits_gt = hits_pl = n_gt = n_pl = 0
     groups = {"base": [0, 0], "novel": [0, 0]}  # [recalled, instances]

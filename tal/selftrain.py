@@ -33,6 +33,8 @@ from tal.thresholds import ThresholdRule
 log = logging.getLogger("tal.selftrain")
 
 STATE_NAME = "state.json"
+RERANKS = ("recurrence", "score", "auto")
+CANDIDATE_FLOOR = 0.01  # the lowest score of a proposal that --rerank (or an oracle selection) may keep
 MISSING_TOLERANCE = 0.02  # share of annotated test videos that may be absent from the test store
 SETTINGS_NAME = "selftrain.json"
 SIMULATED_NOTE = "SIMULATED DATA (tal.sim): figures show the method's behaviour, not real-video accuracy"
@@ -71,6 +73,10 @@ class SelfTrainConfig:
     init: str = "none"  # stage >= 2 starts: "none" (from scratch), "ema" (EMA from the previous stage), "finetune"
     pseudo_ratio: float | None = None
     pseudo_weight: str | None = None
+    # Order of the unlabelled proposals before the thresholds cut them: "recurrence" (stage k's score combined
+    # with how their content recurs across other unlabelled videos, tal.recurrence), "score" (stage k's alone) or
+    # "auto" (the one that ranks the held-out labelled videos' proposals better; score without held-out folds)
+    rerank: str = "recurrence"
     tests: list[EvalSet] = field(default_factory=list)
     vocab: str | None = None  # store vocabulary holding the split's class names (test stores)
     tiou: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
@@ -84,6 +90,8 @@ class SelfTrainConfig:
     def validate(self) -> None:
         if self.rounds < 0:
             raise SelfTrainError(f"--rounds must be >= 0, got {self.rounds}")
+        if self.rerank not in RERANKS:
+            raise SelfTrainError(f"rerank must be one of {', '.join(RERANKS)}, got {self.rerank!r}")
         if self.init not in ("ema", "finetune", "none"):
             raise SelfTrainError(f"init must be ema, finetune or none, got {self.init!r}")
         if self.tests and (self.split is None or self.vocab is None):
@@ -108,6 +116,7 @@ class SelfTrainConfig:
             # runs recorded before precision_of / per_round existed: the kept set's precision, chosen once
             d["threshold_rule"] = ThresholdRule(**{"precision_of": "kept", "per_round": False, **d["threshold_rule"]})
         d["tests"] = [EvalSet(**t) for t in d.get("tests", [])]
+        d.setdefault("rerank", "score")  # runs recorded before --rerank existed ranked by score
         return cls(**d)
 
 
@@ -292,7 +301,7 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
                 log.info("%s: pseudo-labelling %s with %s (τ = %.4g%s)", step, cfg.unlabeled_features, ckpt,
                          filt.threshold, "" if filt.ignore_threshold is None else
                          f", ignore regions from {filt.ignore_threshold:.4g}")
-                pseudo_label_store(cfg.unlabeled_features, ckpt, pl, filt, progress=progress, provenance=why)
+                write_pseudo_labels(cfg, ckpt, pl, filt, why, progress)
                 state.mark(step)
             pseudo_counts[step] = _pseudo_counts(pl)
             if cfg.unlabeled_truth:
@@ -335,6 +344,26 @@ def _train_and_evaluate(cfg, state, run_dir: Path, pseudo, init_from, progress, 
     return summarize(json.loads((run_dir / "eval.json").read_text()))
 
 
+def write_pseudo_labels(cfg: SelfTrainConfig, ckpt: Path, pl: Path, filt: FilterConfig, why: dict,
+                        progress: bool) -> None:
+    """``ckpt``'s pseudo-labels for the unlabelled store at ``pl``, cut by ``filt``. Re-ranked
+    (``why["ranking"]`` is "recurrence"): its proposals down to ``CANDIDATE_FLOOR`` (``<pl>.candidates.json``) are
+    re-ranked (``<pl>.reranked.json``, :mod:`tal.recurrence`) and then cut by the same thresholds."""
+    if why["ranking"] == "score":
+        pseudo_label_store(cfg.unlabeled_features, ckpt, pl, filt, progress=progress, provenance=why)
+        return
+    from tal.pseudo import refilter
+    from tal.recurrence import RecurrenceConfig, rerank_candidates
+
+    floor = min(CANDIDATE_FLOOR, filt.threshold if filt.ignore_threshold is None else filt.ignore_threshold)
+    cands, ranked = pl.with_suffix(".candidates.json"), pl.with_suffix(".reranked.json")
+    pseudo_label_store(cfg.unlabeled_features, ckpt, cands, replace(filt, threshold=floor, ignore_threshold=None,
+                                                                    top_k=None), progress=progress)
+    rerank_candidates(cands, cfg.unlabeled_features, ranked, RecurrenceConfig(seed=cfg.seed), progress=progress)
+    stats = refilter(ranked, pl, filt, provenance=why)
+    log.info("%s: %d pseudo-labels in %d videos after re-ranking", pl.name, stats.segments, stats.videos)
+
+
 def pseudo_filter(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: bool, model_stage: int = 1,
                   model_pseudo=()) -> tuple[FilterConfig, dict]:
     """The filter for the pseudo-labels stage ``model_stage`` writes (trained on ``model_pseudo``) and why its
@@ -345,7 +374,11 @@ def pseudo_filter(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: 
     (``OUT/thresholds_stage<k>/``: its recipe on the other folds' labels and ``model_pseudo``), else round 1's
     reused. Without a rule, ``cfg.filter``'s fixed ones."""
     if cfg.threshold_rule is None:
-        return cfg.filter, {"threshold_source": "fixed (--threshold)"}
+        rerank = "score" if cfg.rerank == "auto" else cfg.rerank
+        if cfg.rerank == "auto":
+            log.info("fixed --threshold: no held-out proposals to choose the ranking on; the unlabelled proposals "
+                     "are ranked by score (--rerank recurrence re-ranks them anyway)")
+        return cfg.filter, {"threshold_source": "fixed (--threshold)", "ranking": rerank}
     from tal.crossfit import heldout_sample
     from tal.thresholds import ThresholdError, choose_thresholds
 
@@ -353,13 +386,19 @@ def pseudo_filter(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: 
     k = model_stage if rule.per_round else 1
     folder = out / ("thresholds" if k == 1 else f"thresholds_stage{k}")
     path, step = folder / "choice.json", f"stage{k}.thresholds"
+    # fold models start from scratch whatever --init says: stage k - 1 trained on the held-out fold
+    inputs = stage_inputs(cfg, model_pseudo if k > 1 else ())
+
+    def sample():
+        try:
+            return heldout_sample(stage_run_config(cfg, later=k > 1), inputs, folder, cfg.filter, folds=rule.folds,
+                                  alpha=rule.alpha, seed=cfg.seed, progress=progress)
+        except ThresholdError as e:
+            raise SelfTrainError(f"{folder}: {e}") from None
+
     if not state.finished(step):
         try:
-            # fold models start from scratch whatever --init says: stage k - 1 trained on the held-out fold
-            inputs = stage_inputs(cfg, model_pseudo if k > 1 else ())
-            sample = heldout_sample(stage_run_config(cfg, later=k > 1), inputs, folder, cfg.filter, folds=rule.folds,
-                                    alpha=rule.alpha, seed=cfg.seed, progress=progress)
-            choice = choose_thresholds(sample, rule)
+            choice = choose_thresholds(sample(), rule)
         except ThresholdError as e:
             raise SelfTrainError(f"{folder}: {e}") from None
         if not choice["precision_reached"]:
@@ -371,8 +410,30 @@ def pseudo_filter(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: 
         state.mark(step)
     choice = json.loads(path.read_text())
     filt = replace(cfg.filter, threshold=choice["threshold"], ignore_threshold=choice.get("ignore_threshold"))
-    source = f"chosen on held-out labelled videos for stage {k}'s recipe (tal.thresholds)"
-    return filt, {"threshold_source": source, "threshold_choice": choice}
+    why = {"threshold_source": f"chosen on held-out labelled videos for stage {k}'s recipe (tal.thresholds)",
+           "threshold_choice": choice, "ranking": cfg.rerank}
+    if cfg.rerank == "auto":
+        sample()  # cached; redoes the held-out proposals of a run from before they were kept
+        why["rerank_choice"] = rerank_choice(cfg, inputs, folder, progress)
+        why["ranking"] = why["rerank_choice"]["chosen"]
+    return filt, why
+
+
+def rerank_choice(cfg: SelfTrainConfig, inputs, folder: Path, progress: bool) -> dict:
+    """--rerank auto: score or recurrence, whichever ranks the fold models' held-out proposals better
+    (``folder/rerank.json``, cached)."""
+    from tal.crossfit import heldout_evidence
+    from tal.recurrence import RecurrenceConfig, choose_rerank
+
+    path = folder / "rerank.json"
+    if not path.exists():
+        truth, proposals = heldout_evidence(inputs, folder, cfg.threshold_rule.folds)
+        choice = choose_rerank(truth, proposals, inputs.features, RecurrenceConfig(seed=cfg.seed),
+                               cfg.threshold_rule.alpha, progress, inputs.prefer_store)
+        atomic_write_json(path, choice)
+        log.info("ranking of the unlabelled proposals: %s (held-out AP at tIoU %.2g: score %.3f, recurrence %.3f)",
+                 choice["chosen"], choice["tiou"], choice["heldout_ap"]["score"], choice["heldout_ap"]["recurrence"])
+    return json.loads(path.read_text())
 
 
 def oracle_pseudo_labels(truth_path, like, out) -> Path:

@@ -41,7 +41,8 @@ import numpy as np
 from features.cli_support import Command
 from features.errors import StovtalError
 from tal.atomic import atomic_open, atomic_write_bytes, atomic_write_json
-from tal.selftrain import SIMULATED_NOTE, PROTOCOL_ROWS, SelfTrainConfig, _lookup, recovered_share
+from tal.crossfit import HELDOUT_PROPOSALS
+from tal.selftrain import CANDIDATE_FLOOR, SIMULATED_NOTE, PROTOCOL_ROWS, SelfTrainConfig, _lookup, recovered_share
 
 log = logging.getLogger("tal.study")
 
@@ -64,6 +65,9 @@ ABLATIONS = {
                                         "loss + (1 − score) × background loss), not a positive weighing its score"),
     "noisy": ({"later_overrides": ["model.dropout=0.1", "model.droppath=0.3"]},
               "a noisier student (Noisy Student): stages >= 2 with dropout 0.1 and drop-path 0.3 (0 and 0.1)"),
+    "rerank-score": ({"rerank": "score"}, "web proposals ranked by stage 1's score alone (the former default)"),
+    "rerank-auto": ({"rerank": "auto"}, "web proposals re-ranked only where that ranks the held-out labelled "
+                                        "videos' proposals better"),
     "ratio-0.5": ({"pseudo_ratio": 0.5}, "half the clips pseudo-labelled (natural share: 77 %)"),
     "rounds-2": ({"rounds": 2}, "a second round: stage 2 pseudo-labels, stage 3 trains"),
     "rounds-2-per-round": ({"rounds": 2, "rule.per_round": True},
@@ -74,7 +78,6 @@ ABLATIONS = {
     "oracle-selection-w1": ({"pseudo_weight": "1"}, "analysis only: the perfect selection, each pseudo-label "
                                                      "weighing 1 instead of its score"),
 }
-ORACLE_FLOOR = 0.01  # the lowest stage-1 score an oracle selection may keep
 CEILING_ABLATIONS = ("init-ema", "init-finetune", "in-domain")  # another recipe or data: its own ceiling
 HEADLINES = [("novel (generalized)", ("generalized", "novel")), ("novel-only", ("novel_only",)),
              ("base (generalized)", ("generalized", "base")), ("all (generalized)", ("generalized", "all")),
@@ -254,6 +257,7 @@ def share_stage1(src: Path, dst: Path, same_rule: bool) -> None:
     the same): an independent run would compute exactly these files again."""
     steps, files = list(SHARED_STEPS), ["stage1"]
     folds = sorted((src / "thresholds").glob("fold*/heldout.json"))
+    folds += sorted((src / "thresholds").glob(f"fold*/{HELDOUT_PROPOSALS}"))  # what --rerank auto chooses on
     files += [str(p.relative_to(src)) for p in folds]
     if same_rule:
         steps.append("stage1.thresholds")
@@ -345,14 +349,14 @@ def _stage2_variant(out, kind, seed, arg, cfg, base_dir: Path, paths, progress) 
 
 
 def _oracle_selection(cfg: SelfTrainConfig, base_dir: Path, folder: Path, paths: dict, progress: bool) -> dict:
-    """Stage 2 by the main recipe on stage 1's proposals (down to ORACLE_FLOOR) that match a true instance:
+    """Stage 2 by the main recipe on stage 1's proposals (down to CANDIDATE_FLOOR) that match a true instance:
     the bound of every rule that selects among those proposals (:func:`tal.pseudo.select_true_positives`)."""
     from tal.pseudo import pseudo_label_store, select_true_positives
 
     stage1 = base_dir / "stage1" / "last.pt"
     candidates, pl = folder / "candidates.json", folder / "pseudo.json"
     if not candidates.exists():
-        filt = dataclasses.replace(cfg.filter, threshold=ORACLE_FLOOR, ignore_threshold=None, top_k=None)
+        filt = dataclasses.replace(cfg.filter, threshold=CANDIDATE_FLOOR, ignore_threshold=None, top_k=None)
         pseudo_label_store(paths["web_store"], stage1, candidates, filt, progress=progress)
     if not pl.exists():
         select_true_positives(candidates, paths["web_annotations"], pl)

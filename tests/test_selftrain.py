@@ -15,7 +15,7 @@ from test_pseudo import TINY_CLASSES, TINY_SETS, make_labelled_and_web, make_tin
 
 from tal.pseudo import FilterConfig, pseudo_label_quality
 from tal.selftrain import (PROTOCOL_ROWS, EvalSet, RunState, SelfTrainConfig, SelfTrainError, _lookup, evaluate_stage,
-                           format_table, run_selftrain, stage_run_config, summarize)
+                           format_table, run_selftrain, stage_inputs, stage_run_config, summarize)
 from tal.thresholds import ThresholdRule
 
 
@@ -125,7 +125,7 @@ def test_resume_after_sigkill_gives_the_same_result(reference_run, tiny_data, tm
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "tal.cli.selftrain"] + _cli_args(tiny_data, out)
     env = dict(os.environ, OMP_NUM_THREADS="1")  # the reference ran on one thread: same float reductions
-    part = out / "pseudo_round1.json.parts" / "shard-00000-of-00001.jsonl"
+    part = out / "pseudo_round1.candidates.json.parts" / "shard-00000-of-00001.jsonl"  # re-ranked by default
     for kill_point in (lambda: part.exists() and part.stat().st_size > 0,
                        lambda: (out / "stage2" / "last.pt").exists()):
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -184,9 +184,10 @@ def test_pseudo_labels_for_videos_missing_from_the_stores_are_refused(reference_
 
 @pytest.fixture(scope="module")
 def chosen_run(tiny_data, tmp_path_factory):
-    """The default rule (thresholds from cross-fitted stage-1 models), with the web truth, a ceiling and a floor."""
+    """The default rule (thresholds from cross-fitted stage-1 models), with the web truth, a ceiling and a floor;
+    the ranking chosen on the held-out proposals (--rerank auto)."""
     out = tmp_path_factory.mktemp("st_chosen") / "run"
-    cfg = _config(tiny_data, unlabeled_truth=str(tiny_data / "web.json"), ceiling=True, floor=True)
+    cfg = _config(tiny_data, unlabeled_truth=str(tiny_data / "web.json"), ceiling=True, floor=True, rerank="auto")
     cfg.threshold_rule = ThresholdRule(precision=0.5, recall=0.9)
     return out, run_selftrain(cfg, out, progress=False)
 
@@ -206,6 +207,24 @@ def test_thresholds_chosen_on_held_out_videos_are_recorded_with_why(chosen_run):
     assert not halves[0] & halves[1] and len(halves[0] | halves[1]) == 24
     state = json.loads((out / "state.json").read_text())["done"]
     assert state.index("stage1.thresholds") < state.index("round1.pseudo")
+
+
+def test_auto_ranking_is_chosen_on_the_held_out_proposals_and_recorded(chosen_run, tiny_data):
+    from tal.crossfit import heldout_evidence
+    from tal.recurrence import RecurrenceConfig, choose_rerank
+
+    out, _ = chosen_run
+    choice = json.loads((out / "thresholds" / "rerank.json").read_text())
+    prov = json.loads((out / "pseudo_round1.json").read_text())["provenance"]
+    assert prov["rerank_choice"] == choice and prov["ranking"] == choice["chosen"]
+    # the fold models' proposals on the videos they held out, every labelled video once
+    truth, proposals = heldout_evidence(stage_inputs(_config(tiny_data)), out / "thresholds", 2)
+    assert _config(tiny_data).rerank == "recurrence"  # the default; auto is measured in docs/selftrain.md
+    assert sorted(proposals.videos) == sorted(truth.videos) and len(truth.videos) == 24
+    assert choice == choose_rerank(truth, proposals, [str(tiny_data / "lab.zarr")], RecurrenceConfig(seed=0),
+                                   progress=False)
+    assert choice["chosen"] == max(("score", "recurrence"), key=lambda k: (choice["heldout_ap"][k], k == "score"))
+    assert (out / "pseudo_round1.reranked.json").exists() == (choice["chosen"] == "recurrence")
 
 
 def test_ceiling_floor_and_recovery_are_reported(chosen_run, tiny_data):
@@ -270,6 +289,33 @@ def test_later_rounds_choose_their_threshold_for_the_stage_that_pseudo_labels(ti
             json.loads((out / "thresholds" / f"fold{k}" / "heldout.json").read_text())
 
 
+def test_recurrence_reranks_the_proposals_before_the_thresholds_cut_them(tiny_data, tmp_path):
+    from tal.data.annotations import load_annotations
+    from tal.pseudo import refilter
+    from tal.selftrain import CANDIDATE_FLOOR
+
+    out = tmp_path / "run"
+    cfg = _config(tiny_data, rerank="recurrence")
+    cfg.tests = []
+    run_selftrain(cfg, out, progress=False)
+    cands = load_annotations(out / "pseudo_round1.candidates.json")
+    ranked = load_annotations(out / "pseudo_round1.reranked.json")
+    assert cands.provenance["threshold"] == CANDIDATE_FLOOR < cfg.filter.threshold
+    scores = sorted(s.score for v in cands.videos.values() for s in v.segments)
+    scores += [r[2] for v in cands.videos.values() for r in v.ignore]
+    # every candidate keeps a place; the scores are the same, handed out in the new order
+    assert sorted(s.score for v in ranked.videos.values() for s in v.segments) == pytest.approx(sorted(scores))
+    assert ranked.provenance["rerank"]["method"] == "recurrence"
+    assert ranked.provenance["rerank"]["candidates"] == len(scores)
+    # the pseudo-labels are the re-ranked candidates cut by the same filter, and say so
+    refilter(out / "pseudo_round1.reranked.json", tmp_path / "again.json", cfg.filter)
+    pl = json.loads((out / "pseudo_round1.json").read_text())
+    assert pl["database"] == json.loads((tmp_path / "again.json").read_text())["database"]
+    assert pl["provenance"]["rerank"] == ranked.provenance["rerank"] and pl["provenance"]["ranking"] == "recurrence"
+    assert torch.load(out / "stage2" / "last.pt", weights_only=True)["inputs"]["pseudo"] == \
+        [str(out / "pseudo_round1.json")]
+
+
 def test_a_run_recorded_before_precision_of_existed_resumes_with_the_rule_it_used(tiny_data, tmp_path):
     cfg = _config(tiny_data)
     cfg.threshold_rule = ThresholdRule(precision_of="local")
@@ -277,15 +323,17 @@ def test_a_run_recorded_before_precision_of_existed_resumes_with_the_rule_it_use
     recorded = cfg.to_dict()
     del recorded["threshold_rule"]["precision_of"]  # as such runs wrote it: the kept set's precision was the rule
     del recorded["threshold_rule"]["per_round"]  # and round 1's thresholds were reused
-    rule = SelfTrainConfig.from_dict(recorded).threshold_rule
-    assert rule.precision_of == "kept" and rule.per_round is False
+    del recorded["rerank"]  # and the proposals were ranked by score
+    old = SelfTrainConfig.from_dict(recorded)
+    assert old.threshold_rule.precision_of == "kept" and old.threshold_rule.per_round is False
+    assert old.rerank == "score"
     # such a run directory resumes with today's equivalent settings, and is still refused with other ones
     out = tmp_path / "run"
     out.mkdir()
     (out / "selftrain.json").write_text(json.dumps(recorded))
-    cfg.threshold_rule = ThresholdRule(precision_of="kept")
+    cfg.threshold_rule, cfg.rerank = ThresholdRule(precision_of="kept"), "score"
     RunState(out, cfg)
-    other = _config(tiny_data, init="ema")
+    other = _config(tiny_data, init="ema", rerank="score")
     other.threshold_rule = cfg.threshold_rule
     with pytest.raises(SelfTrainError, match=r"other settings \(init\)"):
         RunState(out, other)

@@ -115,7 +115,7 @@ def test_local_precision_ablations_change_only_the_rule_and_the_weight(tmp_path)
     assert not local.ceiling and not local.floor and local.filter == main.filter
 
 
-def test_soft_noisy_and_per_round_ablations_change_only_their_setting(tmp_path):
+def test_soft_noisy_per_round_and_rerank_ablations_change_only_their_setting(tmp_path):
     paths = collections.defaultdict(lambda: str(tmp_path / "unused"))  # configs only: nothing is read
     main = main_config(paths, 0, tiny_settings())
     soft, noisy = ablation_config(main, "soft"), ablation_config(main, "noisy")
@@ -125,6 +125,10 @@ def test_soft_noisy_and_per_round_ablations_change_only_their_setting(tmp_path):
     assert again.threshold_rule == dataclasses.replace(main.threshold_rule, per_round=True)
     assert task_dependencies("ablation:0:rounds-2-per-round") == ["main:0"]  # it shares the main run's stage 2
     assert main.pseudo_weight is None and load_config("small").data.pseudo_weight == "score"  # the default
+    by_score, by_auto = ablation_config(main, "rerank-score"), ablation_config(main, "rerank-auto")
+    assert (main.rerank, by_score.rerank, by_auto.rerank) == ("recurrence", "score", "auto")
+    assert dataclasses.replace(by_score, rerank="recurrence") == dataclasses.replace(by_auto, rerank="recurrence") == \
+        dataclasses.replace(main, ceiling=False, floor=False)
     assert soft.pseudo_weight == "soft"
     assert noisy.later_overrides == list(main.later_overrides) + ["model.dropout=0.1", "model.droppath=0.3"]
     for variant in (soft, noisy):
@@ -199,7 +203,7 @@ def test_proposal_recall_counts_top_k_matches_per_class_group():
 
 
 
-def test_pseudo_ranking_tool_rescores_stage1_proposals_by_agreement(study, tmp_path):
+def test_pseudo_ranking_tool_rescores_stage1_proposals_by_agreement_and_recurrence(study, tmp_path):
     """tools/pseudo_ranking.py on the study's stage 1 and its cross-fitted fold models (real checkpoints and
     stores): the `stage1` ranking is stage 1's own proposals as they are, the others re-score the same ones."""
     from pathlib import Path
@@ -231,6 +235,13 @@ def test_pseudo_ranking_tool_rescores_stage1_proposals_by_agreement(study, tmp_p
             s1, mean, others, low = (scores[n][vid].segments[i].score for n in ("stage1", "mean", "others", "min"))
             assert (scores["mean"][vid].segments[i].start, s1) == (seg.start, seg.score)
             assert mean == pytest.approx((s1 + 2 * others) / 3) and low <= min(s1, others) + 1e-12
+    # recurrence: the same proposals holding the same scores, handed out in another order
+    ranked = load_annotations(tmp_path / "rank" / "ranking_recurrence.json").videos
+    assert {v: [(s.start, s.end) for s in x.segments] for v, x in ranked.items()} == \
+        {v: [(s.start, s.end) for s in x.segments] for v, x in proposals.items()}
+    assert sorted(s.score for x in ranked.values() for s in x.segments) == \
+        pytest.approx(sorted(s.score for x in proposals.values() for s in x.segments))
+    assert set(saved["rankings"]) == {"stage1", "recurrence", "mean", "others", "min"}
     for name in ("stage1", "other0", "other1"):
         kept = load_annotations(tmp_path / "rank" / f"kept_{name}.json").videos
         assert saved["at_threshold"][name]["pseudo_labels"] == sum(len(v.segments) for v in kept.values())

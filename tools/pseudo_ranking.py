@@ -8,8 +8,10 @@ localizer (e.g. the cross-fitted fold models tal-selftrain trains anyway) propos
 pseudo-label filters (score >= 0.01, duplicates removed). Each of stage 1's proposals is then scored by
 
 - ``stage1``: its own score (what tal-selftrain ranks by),
-- ``mean``: the mean of its score and each other model's best score at tIoU >= 0.5 (0 where it has none),
-- ``others``: the other models' mean alone, and ``min``: the lowest of all.
+- ``recurrence``: its score combined with how its content recurs across other videos (``tal-selftrain --rerank
+  recurrence``, :mod:`tal.recurrence`),
+- with ``--other``: ``mean``: the mean of its score and each other model's best score at tIoU >= 0.5 (0 where it
+  has none), ``others``: the other models' mean alone, and ``min``: the lowest of all.
 
 Each ranking is scored as class-agnostic detections against the truth (``tal.pseudo.pseudo_label_quality``):
 average mAP over tIoU 0.3:0.7 and AP at tIoU 0.5. With ``--threshold``: each model's count, precision and
@@ -26,9 +28,6 @@ import click
 import numpy as np
 
 from features.cli_support import Command
-
-CANDIDATE_FLOOR = 0.01  # the lowest score a candidate proposal may have (as the study's selection bounds)
-
 
 def rescored(candidates: dict, others: list[dict]) -> dict[str, dict]:
     """{ranking: {video: [N] scores}} for stage 1's ``candidates`` ({video: [N, 3] start, end, score}) given
@@ -53,6 +52,7 @@ def rescored(candidates: dict, others: list[dict]) -> dict[str, dict]:
 def _propose(features, checkpoint, path: Path) -> dict:
     from tal.data.annotations import load_annotations
     from tal.pseudo import FilterConfig, pseudo_label_store, video_candidates
+    from tal.selftrain import CANDIDATE_FLOOR
 
     # resumes from (and refuses parts made with another checkpoint in) ``path``'s parts folder
     pseudo_label_store(features, checkpoint, path, FilterConfig(threshold=CANDIDATE_FLOOR), progress=True)
@@ -76,12 +76,13 @@ def _write_ranking(like: Path, scores: dict, out: Path) -> Path:
 @click.option("--truth", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The unlabelled videos' true segments (analysis only).")
 @click.option("--stage1", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--other", "others", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--other", "others", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Another agnostic localizer's checkpoint (repeatable).")
 @click.option("--threshold", type=float, default=None, help="Also compare the models at this τ.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 def main(features, truth, stage1, others, threshold, out):
     from tal.pseudo import FilterConfig, pseudo_label_quality, refilter
+    from tal.recurrence import rerank_candidates
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,9 +90,16 @@ def main(features, truth, stage1, others, threshold, out):
     files = {name: out / f"proposals_{name}.json" for name in models}
     proposals = {name: _propose(features, path, files[name]) for name, path in models.items()}
     result = {"rankings": {}, "at_threshold": {}}
-    rankings = rescored(proposals["stage1"], [proposals[n] for n in models if n != "stage1"])
+    rankings = {"stage1": None, "recurrence": None}
+    if others:
+        rankings.update(rescored(proposals["stage1"], [proposals[n] for n in models if n != "stage1"]))
     for name, scores in rankings.items():
-        path = _write_ranking(files["stage1"], scores, out / f"ranking_{name}.json")
+        path = out / f"ranking_{name}.json"
+        if name == "recurrence":
+            rerank_candidates(files["stage1"], features, path)
+        else:
+            _write_ranking(files["stage1"], scores if scores is not None else
+                           {vid: c[:, 2] for vid, c in proposals["stage1"].items()}, path)
         q = pseudo_label_quality(path, truth)
         result["rankings"][name] = {"average_mAP": q["average_mAP"],
                                     "AP@0.5": pseudo_label_quality(path, truth, tiou=(0.5,))["average_mAP"]}

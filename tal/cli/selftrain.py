@@ -46,6 +46,11 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
 @click.option("--thresholds-per-round/--thresholds-once", default=ThresholdRule.per_round, show_default=True,
               help="Rounds >= 2: choose τ again for the stage that pseudo-labels (fold models by its recipe, on its "
                    "pseudo-labels too), or reuse round 1's.")
+@click.option("--rerank", type=click.Choice(["recurrence", "score", "auto"]), default="recurrence",
+              show_default=True,
+              help="Order of the unlabelled proposals before the thresholds cut them: the localizer's score combined "
+                   "with how their content recurs across other unlabelled videos, the score alone, or (auto) the one "
+                   "that ranks the held-out labelled videos' proposals better (score with a fixed --threshold).")
 @click.option("--folds", default=2, show_default=True, type=click.IntRange(min=2),
               help="Cross-fitting folds for choosing τ.")
 @click.option("--top-k", default=None, type=click.IntRange(min=1), help="At most K pseudo-labels per video.")
@@ -91,10 +96,10 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
 @click.option("--simulated", is_flag=True, help="Label every output as simulated data.")
 @click.option("--no-progress", is_flag=True)
 def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds, threshold, ignore_threshold,
-         target_precision, precision_of, target_recall, thresholds_per_round, folds, top_k, dedup_iou, min_duration,
-         split, classes, subset, prefer_store, preset, overrides, later_overrides, seed, init, pseudo_ratio,
-         pseudo_weight, test_features, test_annotations, cross_features, cross_annotations, test_subset, vocab,
-         skip_missing, unlabeled_truth, ceiling, floor, simulated, no_progress):
+         target_precision, precision_of, target_recall, thresholds_per_round, rerank, folds, top_k, dedup_iou,
+         min_duration, split, classes, subset, prefer_store, preset, overrides, later_overrides, seed, init,
+         pseudo_ratio, pseudo_weight, test_features, test_annotations, cross_features, cross_annotations, test_subset,
+         vocab, skip_missing, unlabeled_truth, ceiling, floor, simulated, no_progress):
     """Self-train a class-agnostic localizer on labelled + pseudo-labelled videos; prints the stage table."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from tal.pseudo import FilterConfig, PseudoLabelError
@@ -123,6 +128,7 @@ def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds,
                           filter=filt, threshold_rule=rule, split=split, classes=classes, subset=subset,
                           preset=preset, overrides=list(overrides), later_overrides=list(later_overrides), seed=seed,
                           init=init, pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, tests=tests, vocab=vocab,
+                          rerank=rerank,
                           simulated=simulated, prefer_store=prefer_store, skip_missing=skip_missing,
                           unlabeled_truth=unlabeled_truth, ceiling=ceiling, floor=floor)
     report = run_selftrain(cfg, out, progress=not no_progress)

@@ -1,0 +1,217 @@
+"""A second ranking of the unlabelled videos' proposals: how often their content recurs in *other* videos.
+
+Stage 1's score ranks the proposals by what base classes taught it, so an action of a novel class scores low
+and a look-alike of a base one high. Another, independent sign that a segment is an action: actions of one
+class look alike across videos, while what merely resembles an action is more varied. Per proposal
+(:func:`segment_contents`): the mean of its rows minus the mean of as many rows on either side (what the
+segment adds to its surroundings); over all proposals, PCA-whitened (:func:`whiten`: without it the directions
+that every segment shares dominate the cosine and recurrence ranks worse than chance) and L2-normalised; its
+**recurrence** is the mean cosine of its ``k`` nearest neighbours among the proposals of other videos
+(:func:`recurrence`). The two rankings are combined as the geometric mean of their percentiles
+(:func:`combined_order`), and the proposals keep stage 1's scores, handed out in the new order
+(:func:`transplant`): the count above any threshold, the weights' distribution and the held-out thresholds'
+meaning stay those of stage 1's scores; only which proposal holds which score changes.
+
+Whether to re-rank is chosen from held-out labelled videos (:func:`choose_rerank`, ``tal-selftrain --rerank
+auto``): where look-alike background recurs as much as actions, recurrence ranks worse than the score.
+Measured on the simulation (docs/selftrain.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tal.pseudo import PseudoLabelError, video_candidates
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RecurrenceConfig:
+    k: int = 20                 # neighbours from other videos whose mean cosine is a proposal's recurrence
+    dims: int = 128             # whitened dimensions kept (at most D and the number of proposals - 1)
+    reference: int = 50_000     # proposals (a seeded sample when there are more) that neighbours come from
+    seed: int = 0
+    chunk: int = 2048           # proposals per similarity block (memory: chunk x reference floats)
+
+    def __post_init__(self):
+        if self.k < 1 or self.dims < 1 or self.reference < 2 or self.chunk < 1:
+            raise PseudoLabelError(f"recurrence needs k, dims, chunk >= 1 and reference >= 2, got {self}")
+
+
+def segment_contents(rows: np.ndarray, grid_segments: np.ndarray) -> np.ndarray:
+    """[N, D] what each segment ([N, 2] fractional row indices) adds to its surroundings: the mean of its rows
+    minus the mean of as many rows on either side (the video's mean where it has no surroundings)."""
+    t = len(rows)
+    out = np.empty((len(grid_segments), rows.shape[1]), dtype=np.float32)  # all proposals of a store are held
+    cum = np.concatenate([np.zeros((1, rows.shape[1])), np.cumsum(rows, axis=0, dtype=np.float64)])
+    whole = cum[-1] / max(t, 1)
+
+    def mean(a, b):
+        return (cum[b] - cum[a]) / (b - a)
+
+    for i, (a, b) in enumerate(grid_segments):
+        a = min(max(0, math.floor(a)), t - 1)
+        b = max(min(t, math.ceil(b) + 1), a + 1)
+        n = b - a
+        lo, hi = max(0, a - n), min(t, b + n)
+        around = (a - lo) + (hi - b)
+        ctx = ((cum[a] - cum[lo]) + (cum[hi] - cum[b])) / around if around else whole
+        out[i] = mean(a, b) - ctx
+    return out
+
+
+def whiten(contents: np.ndarray, dims: int, rng: np.random.Generator, fit_rows: int = 20_000) -> np.ndarray:
+    """Each row L2-normalised (a segment's direction, not its strength), centred, PCA-whitened to ``dims``
+    (fitted on at most ``fit_rows`` of them), L2-normalised again; float32."""
+    x = contents / np.maximum(np.linalg.norm(contents, axis=1, keepdims=True), 1e-12)
+    x = x - x.mean(axis=0)
+    fit = x if len(x) <= fit_rows else x[rng.choice(len(x), fit_rows, replace=False)]
+    _, sv, vt = np.linalg.svd(fit, full_matrices=False)
+    dims = min(dims, len(sv))
+    scale = sv[:dims] / math.sqrt(len(fit))
+    keep = scale > scale[0] * 1e-6  # directions with (numerically) no variance would only amplify rounding
+    y = (x @ vt[:dims][keep].T) / scale[keep]
+    y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+    return y.astype(np.float32)
+
+
+def recurrence(z: np.ndarray, owner: np.ndarray, cfg: RecurrenceConfig, progress: bool = False) -> np.ndarray:
+    """[N] mean cosine of each row's ``cfg.k`` nearest rows of *other* videos (``owner``: [N] video index),
+    neighbours drawn from a seeded sample of ``cfg.reference`` rows when there are more."""
+    from tqdm import tqdm
+
+    n = len(z)
+    ref = np.arange(n) if n <= cfg.reference else np.sort(
+        np.random.default_rng(cfg.seed).choice(n, cfg.reference, replace=False))
+    zr, owner_r = z[ref], owner[ref]
+    out = np.full(n, -1.0)
+    for lo in tqdm(range(0, n, cfg.chunk), desc="recurrence", unit="block", disable=not progress):
+        sim = z[lo:lo + cfg.chunk] @ zr.T
+        sim[owner[lo:lo + cfg.chunk, None] == owner_r[None, :]] = -np.inf
+        k = min(cfg.k, sim.shape[1])
+        top = np.partition(sim, sim.shape[1] - k, axis=1)[:, -k:]
+        top = np.where(np.isfinite(top), top, np.nan)  # fewer than k rows of other videos
+        with np.errstate(invalid="ignore"):
+            block = np.nanmean(top, axis=1) if k else np.full(len(sim), np.nan)
+        out[lo:lo + cfg.chunk] = np.nan_to_num(block, nan=-1.0)
+    return out
+
+
+def percentile(values: np.ndarray) -> np.ndarray:
+    """(rank + 1) / N, ties sharing their mean rank: a value's share of the values at or below it."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values), dtype=np.float64)
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return (sums / counts)[inverse] / len(values) + 1.0 / len(values)
+
+
+def combined_order(scores: np.ndarray, recur: np.ndarray) -> np.ndarray:
+    """Proposal indices, best first, by the geometric mean of the score's and the recurrence's percentiles
+    (ties: the higher score first)."""
+    combined = np.sqrt(percentile(scores) * percentile(recur))
+    return np.lexsort((-scores, -combined))
+
+
+def transplant(scores: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """The same multiset of scores, the highest to ``order[0]``, the next to ``order[1]``, ..."""
+    out = np.empty_like(scores)
+    out[order] = np.sort(scores)[::-1]
+    return out
+
+
+def _row_sources(stores, prefer=None) -> list[str]:
+    """The stores in the order a video's rows are looked up: ``prefer`` first, then as given."""
+    stores = [str(p) for p in ([stores] if isinstance(stores, (str, Path)) else stores)]
+    return sorted(stores, key=lambda p: prefer is None or Path(p).resolve() != Path(prefer).resolve())
+
+
+def rerank_set(aset, stores, cfg: RecurrenceConfig = RecurrenceConfig(), progress: bool = True,
+               prefer_store=None, what: str = "proposals"):
+    """``aset``'s candidates (segments and ignore regions, :func:`tal.pseudo.video_candidates`) as segments
+    holding the same scores handed out by the combined ranking; the rows of each video come from the first of
+    ``stores`` holding it (``prefer_store`` first). Returns (AnnotationSet, what was done)."""
+    from contextlib import ExitStack
+
+    from tqdm import tqdm
+
+    from features.store import open_store
+    from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation
+    from tal.data.grid import seconds_to_grid
+    from tal.pseudo import PSEUDO_LABEL
+
+    cands = {vid: video_candidates(v) for vid, v in aset.videos.items()}
+    if sum(len(c) > 0 for c in cands.values()) < 2:
+        raise PseudoLabelError(f"{what}: recurrence needs proposals in at least two videos")
+    contents, owner = [], []
+    with ExitStack() as stack:
+        sources = _row_sources(stores, prefer_store)
+        opened = [stack.enter_context(open_store(p, "r")) for p in sources]
+        for i, (vid, c) in enumerate(tqdm(cands.items(), desc="segment contents", unit="video",
+                                          disable=not progress)):
+            if not len(c):
+                continue
+            st = next((st for st in opened if vid in st), None)
+            if st is None:
+                raise PseudoLabelError(f"{what}: video {vid} is in none of the stores {', '.join(sources)}")
+            contents.append(segment_contents(st.read(vid).astype(np.float32),
+                                             seconds_to_grid(c[:, :2], st.info(vid).grid)))
+            owner.append(np.full(len(c), i))
+    contents, owner = np.concatenate(contents), np.concatenate(owner)
+    scores = np.concatenate([c[:, 2] for c in cands.values()])
+    z = whiten(contents, cfg.dims, np.random.default_rng(cfg.seed))
+    recur = recurrence(z, owner, cfg, progress)
+    new = transplant(scores, combined_order(scores, recur))
+    videos, at = {}, 0
+    for vid, video in aset.videos.items():
+        c = cands[vid]
+        videos[vid] = VideoAnnotation(vid, video.subset, video.duration, video.fps,
+                                      [Segment(float(a), float(b), PSEUDO_LABEL, float(s), pseudo=True)
+                                       for (a, b), s in zip(c[:, :2], new[at:at + len(c)])])
+        at += len(c)
+    moved = float(np.mean(np.abs(percentile(new) - percentile(scores))))
+    done = {"method": "recurrence", "k": cfg.k, "dims": int(z.shape[1]), "reference": min(cfg.reference, len(z)),
+            "seed": cfg.seed, "candidates": int(len(z)), "videos": len(videos), "mean_rank_shift": round(moved, 4)}
+    log.info("re-ranked %s: %d proposals of %d videos by score and recurrence (k %d, %d whitened dims), mean "
+             "percentile shift %.3f", what, len(z), len(videos), cfg.k, z.shape[1], moved)
+    return AnnotationSet(videos, dict(aset.provenance)), done
+
+
+def rerank_candidates(src, stores, out, cfg: RecurrenceConfig = RecurrenceConfig(), progress: bool = True,
+                      provenance: dict | None = None, prefer_store=None) -> dict:
+    """Write ``src``'s proposals (a pseudo-label file written at a low threshold: its segments and ignore
+    regions are the candidates) to ``out``, re-ranked by :func:`rerank_set`; filter them with
+    :func:`tal.pseudo.refilter`. Returns what it did (also in ``out``'s provenance, ``rerank``)."""
+    from tal.data.annotations import load_annotations, write_official
+
+    src, out = Path(src), Path(out)
+    ranked, done = rerank_set(load_annotations(src), stores, cfg, progress, prefer_store, what=str(src))
+    ranked.provenance.update(rerank={**done, "from": str(src)}, **(provenance or {}))
+    write_official(ranked, out)
+    return ranked.provenance["rerank"]
+
+
+def choose_rerank(truth, proposals, stores, cfg: RecurrenceConfig = RecurrenceConfig(), alpha: float = 0.5,
+                  progress: bool = True, prefer_store=None) -> dict:
+    """Does re-ranking help where it can be checked? Class-agnostic AP at tIoU ``alpha`` of the held-out
+    labelled videos' proposals (``proposals``: the cross-fitted fold models', :func:`tal.crossfit.heldout_evidence`)
+    against their human segments (``truth``), ranked by score and re-ranked; re-ranking is chosen only when
+    it scores higher. Where look-alikes of actions recur as much as actions (or the score already ranks well)
+    it scores lower, and the unlabelled proposals keep their score's order."""
+    from tal.eval.detection import evaluate_detection
+    from tal.pseudo import agnostic_detections
+
+    ranked, done = rerank_set(proposals, stores, cfg, progress, prefer_store, what="held-out proposals")
+    ap = {name: float(evaluate_detection(*agnostic_detections(truth, p), [alpha]).average_mAP)
+          for name, p in (("score", proposals), ("recurrence", ranked))}
+    chosen = "recurrence" if ap["recurrence"] > ap["score"] else "score"
+    return {"chosen": chosen, "heldout_ap": ap, "tiou": alpha, "heldout_videos": len(proposals.videos),
+            "heldout_proposals": done["candidates"],
+            "rule": "recurrence where it ranks the held-out labelled videos' proposals better than their score"}
