@@ -55,11 +55,12 @@ def fold_assignment(video_ids: list[str], folds: int, seed: int) -> list[list[st
 
 
 def heldout_sample(run_cfg, inputs, out_dir, filter_cfg, *, folds: int = 2, alpha: float = 0.5, seed: int = 0,
-                   progress: bool = True) -> ScoreSample:
+                   progress: bool = True, need_proposals: bool = False) -> ScoreSample:
     """Train the fold models (or reuse them) and return the held-out (score, hit) sample of all folds.
 
     ``inputs``: the training inputs of the stage the thresholds are for; its human labels are split into folds,
-    its pseudo-labels (unlabelled videos only) go to every fold model."""
+    its pseudo-labels (unlabelled videos only) go to every fold model. ``need_proposals``: a fold cached before
+    its proposals were kept is redone (for ``--rerank auto``)."""
     from tal.pseudo import filter_proposals
     from tal.infer import iter_detections
     from tal.train import train
@@ -71,7 +72,7 @@ def heldout_sample(run_cfg, inputs, out_dir, filter_cfg, *, folds: int = 2, alph
     for k, heldout in enumerate(assignment):
         fold_dir = out_dir / f"fold{k}"
         cached, proposals_file = fold_dir / "heldout.json", fold_dir / HELDOUT_PROPOSALS
-        if cached.exists() and proposals_file.exists():  # a run from before the proposals were kept redoes them
+        if cached.exists() and (proposals_file.exists() or not need_proposals):
             samples.append(ScoreSample.from_dict(json.loads(cached.read_text())))
             continue
         train_ids = [v for j, part in enumerate(assignment) if j != k for v in part]
@@ -109,12 +110,14 @@ def _proposal_set(labelled: AnnotationSet, proposals: dict) -> AnnotationSet:
                           for vid, (segs, scores) in proposals.items()})
 
 
-def heldout_evidence(inputs, out_dir, folds: int) -> tuple[AnnotationSet, AnnotationSet]:
-    """The held-out labelled videos (their human segments) and the fold models' proposals on them, all folds
-    together, from a finished :func:`heldout_sample` in ``out_dir``."""
+def heldout_evidence(inputs, out_dir, folds: int, floor: float = 0.0) -> tuple[AnnotationSet, AnnotationSet]:
+    """The held-out labelled videos (their human segments) and the fold models' proposals scoring >= ``floor``
+    on them, all folds together, from a finished :func:`heldout_sample` in ``out_dir``."""
     from tal.data.annotations import load_annotations
 
     proposals = {}
     for k in range(folds):
-        proposals.update(load_annotations(Path(out_dir) / f"fold{k}" / HELDOUT_PROPOSALS).videos)
+        for vid, video in load_annotations(Path(out_dir) / f"fold{k}" / HELDOUT_PROPOSALS).videos.items():
+            video.segments = [s for s in video.segments if s.score >= floor]
+            proposals[vid] = video
     return labelled_videos(inputs).restrict_videos(list(proposals)), AnnotationSet(proposals)

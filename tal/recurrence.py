@@ -45,8 +45,9 @@ class RecurrenceConfig:
 
 
 def segment_contents(rows: np.ndarray, grid_segments: np.ndarray) -> np.ndarray:
-    """[N, D] what each segment ([N, 2] fractional row indices) adds to its surroundings: the mean of its rows
-    minus the mean of as many rows on either side (the video's mean where it has no surroundings)."""
+    """[N, D] what each segment ([N, 2] fractional row indices) adds to its surroundings: the mean of the rows
+    it touches (its ends rounded outwards, so a short segment keeps its boundary rows) minus the mean of as many
+    rows on either side (the video's mean where it has no surroundings)."""
     t = len(rows)
     out = np.empty((len(grid_segments), rows.shape[1]), dtype=np.float32)  # all proposals of a store are held
     cum = np.concatenate([np.zeros((1, rows.shape[1])), np.cumsum(rows, axis=0, dtype=np.float64)])
@@ -96,15 +97,15 @@ def recurrence(z: np.ndarray, owner: np.ndarray, cfg: RecurrenceConfig, progress
         sim[owner[lo:lo + cfg.chunk, None] == owner_r[None, :]] = -np.inf
         k = min(cfg.k, sim.shape[1])
         top = np.partition(sim, sim.shape[1] - k, axis=1)[:, -k:]
-        top = np.where(np.isfinite(top), top, np.nan)  # fewer than k rows of other videos
-        with np.errstate(invalid="ignore"):
-            block = np.nanmean(top, axis=1) if k else np.full(len(sim), np.nan)
-        out[lo:lo + cfg.chunk] = np.nan_to_num(block, nan=-1.0)
+        found = np.isfinite(top)  # fewer than k rows of other videos: the mean of those there are
+        n = found.sum(axis=1)
+        total = np.where(found, top, 0.0).sum(axis=1)
+        out[lo:lo + cfg.chunk] = np.where(n > 0, total / np.maximum(n, 1), -1.0)
     return out
 
 
 def percentile(values: np.ndarray) -> np.ndarray:
-    """(rank + 1) / N, ties sharing their mean rank: a value's share of the values at or below it."""
+    """(rank + 1) / N, ties sharing their mean rank (0-based ranks: the lowest value has 1 / N)."""
     order = np.argsort(values, kind="stable")
     ranks = np.empty(len(values))
     ranks[order] = np.arange(len(values), dtype=np.float64)
@@ -199,7 +200,7 @@ def rerank_candidates(src, stores, out, cfg: RecurrenceConfig = RecurrenceConfig
 
 
 def choose_rerank(truth, proposals, stores, cfg: RecurrenceConfig = RecurrenceConfig(), alpha: float = 0.5,
-                  progress: bool = True, prefer_store=None) -> dict:
+                  progress: bool = True, prefer_store=None, what: str = "held-out proposals") -> dict:
     """Does re-ranking help where it can be checked? Class-agnostic AP at tIoU ``alpha`` of the held-out
     labelled videos' proposals (``proposals``: the cross-fitted fold models', :func:`tal.crossfit.heldout_evidence`)
     against their human segments (``truth``), ranked by score and re-ranked; re-ranking is chosen only when
@@ -208,7 +209,7 @@ def choose_rerank(truth, proposals, stores, cfg: RecurrenceConfig = RecurrenceCo
     from tal.eval.detection import evaluate_detection
     from tal.pseudo import agnostic_detections
 
-    ranked, done = rerank_set(proposals, stores, cfg, progress, prefer_store, what="held-out proposals")
+    ranked, done = rerank_set(proposals, stores, cfg, progress, prefer_store, what=what)
     ap = {name: float(evaluate_detection(*agnostic_detections(truth, p), [alpha]).average_mAP)
           for name, p in (("score", proposals), ("recurrence", ranked))}
     chosen = "recurrence" if ap["recurrence"] > ap["score"] else "score"

@@ -92,6 +92,9 @@ class SelfTrainConfig:
             raise SelfTrainError(f"--rounds must be >= 0, got {self.rounds}")
         if self.rerank not in RERANKS:
             raise SelfTrainError(f"rerank must be one of {', '.join(RERANKS)}, got {self.rerank!r}")
+        if self.rerank == "auto" and self.threshold_rule is None:
+            raise SelfTrainError("--rerank auto chooses on the held-out videos of the threshold rule: not with a "
+                                 "fixed --threshold (give --rerank recurrence or score)")
         if self.init not in ("ema", "finetune", "none"):
             raise SelfTrainError(f"init must be ema, finetune or none, got {self.init!r}")
         if self.tests and (self.split is None or self.vocab is None):
@@ -145,7 +148,8 @@ class RunState:
             if found != wanted:
                 diff = sorted(k for k in set(found) | set(wanted)
                               if k not in found or k not in wanted or found[k] != wanted[k])
-                raise SelfTrainError(f"{self.out} was started with other settings ({', '.join(diff)}); "
+                differing = ", ".join(_differing(diff, found, wanted))
+                raise SelfTrainError(f"{self.out} was started with other settings ({differing}); "
                                      "rerun with the same options or choose another --out")
         else:
             atomic_write_json(settings, cfg.to_dict())
@@ -158,6 +162,14 @@ class RunState:
     def mark(self, step: str) -> None:
         self.done.append(step)
         atomic_write_json(self.out / STATE_NAME, {"done": self.done})
+
+
+def _differing(keys, found: dict, wanted: dict) -> list[str]:
+    """Each differing setting, with both values where they are short (e.g. an option a user left at its default)."""
+    def short(v):
+        return v is None or isinstance(v, (str, int, float, bool))
+    return [f"{k}: {found[k]!r} recorded, {wanted[k]!r} given" if k in found and k in wanted and short(found[k])
+            and short(wanted[k]) else k for k in keys]
 
 
 def _comparable(d: dict) -> dict:
@@ -349,8 +361,9 @@ def write_pseudo_labels(cfg: SelfTrainConfig, ckpt: Path, pl: Path, filt: Filter
     """``ckpt``'s pseudo-labels for the unlabelled store at ``pl``, cut by ``filt``. Re-ranked
     (``why["ranking"]`` is "recurrence"): its proposals down to ``CANDIDATE_FLOOR`` (``<pl>.candidates.json``) are
     re-ranked (``<pl>.reranked.json``, :mod:`tal.recurrence`) and then cut by the same thresholds."""
-    if why["ranking"] == "score":
-        pseudo_label_store(cfg.unlabeled_features, ckpt, pl, filt, progress=progress, provenance=why)
+    if why["ranking"] == "score":  # recorded as before --rerank existed, so that such runs' parts still resume
+        pseudo_label_store(cfg.unlabeled_features, ckpt, pl, filt, progress=progress,
+                           provenance={k: v for k, v in why.items() if k != "ranking"})
         return
     from tal.pseudo import refilter
     from tal.recurrence import RecurrenceConfig, rerank_candidates
@@ -374,11 +387,7 @@ def pseudo_filter(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: 
     (``OUT/thresholds_stage<k>/``: its recipe on the other folds' labels and ``model_pseudo``), else round 1's
     reused. Without a rule, ``cfg.filter``'s fixed ones."""
     if cfg.threshold_rule is None:
-        rerank = "score" if cfg.rerank == "auto" else cfg.rerank
-        if cfg.rerank == "auto":
-            log.info("fixed --threshold: no held-out proposals to choose the ranking on; the unlabelled proposals "
-                     "are ranked by score (--rerank recurrence re-ranks them anyway)")
-        return cfg.filter, {"threshold_source": "fixed (--threshold)", "ranking": rerank}
+        return cfg.filter, {"threshold_source": "fixed (--threshold)", "ranking": cfg.rerank}
     from tal.crossfit import heldout_sample
     from tal.thresholds import ThresholdError, choose_thresholds
 
@@ -392,7 +401,8 @@ def pseudo_filter(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: 
     def sample():
         try:
             return heldout_sample(stage_run_config(cfg, later=k > 1), inputs, folder, cfg.filter, folds=rule.folds,
-                                  alpha=rule.alpha, seed=cfg.seed, progress=progress)
+                                  alpha=rule.alpha, seed=cfg.seed, progress=progress,
+                                  need_proposals=cfg.rerank == "auto")
         except ThresholdError as e:
             raise SelfTrainError(f"{folder}: {e}") from None
 
@@ -427,9 +437,10 @@ def rerank_choice(cfg: SelfTrainConfig, inputs, folder: Path, progress: bool) ->
 
     path = folder / "rerank.json"
     if not path.exists():
-        truth, proposals = heldout_evidence(inputs, folder, cfg.threshold_rule.folds)
+        # the same pool as the unlabelled candidates: proposals down to CANDIDATE_FLOOR
+        truth, proposals = heldout_evidence(inputs, folder, cfg.threshold_rule.folds, CANDIDATE_FLOOR)
         choice = choose_rerank(truth, proposals, inputs.features, RecurrenceConfig(seed=cfg.seed),
-                               cfg.threshold_rule.alpha, progress, inputs.prefer_store)
+                               cfg.threshold_rule.alpha, progress, inputs.prefer_store, what=str(folder))
         atomic_write_json(path, choice)
         log.info("ranking of the unlabelled proposals: %s (held-out AP at tIoU %.2g: score %.3f, recurrence %.3f)",
                  choice["chosen"], choice["tiou"], choice["heldout_ap"]["score"], choice["heldout_ap"]["recurrence"])

@@ -51,8 +51,8 @@ ABLATIONS = {
     "init-ema": ({"init": "ema"}, "stage 2: EMA from stage 1 and a fresh student (the former default)"),
     "init-finetune": ({"init": "finetune", "later_overrides": ["train.lr=1e-4"]},
                       "stage 2 fine-tunes stage 1's EMA weights at lr 1e-4 (the seed paper's)"),
-    "tau-0.05": ({"threshold_rule": None, "filter.threshold": 0.05},
-                 "fixed τ = 0.05, no ignore regions (the former default)"),
+    "tau-0.05": ({"threshold_rule": None, "filter.threshold": 0.05, "rerank": "score"},
+                 "fixed τ = 0.05, no ignore regions, ranked by score (the former default)"),
     "precision-0.7": ({"rule.precision": 0.7}, "τ for held-out precision 0.7 (the former default)"),
     "precision-0.85": ({"rule.precision": 0.85}, "τ for held-out precision 0.85"),
     "precision-local": ({"rule.precision_of": "local"}, "τ where a held-out proposal is right with probability 0.5 "

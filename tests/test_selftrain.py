@@ -216,7 +216,8 @@ def test_auto_ranking_is_chosen_on_the_held_out_proposals_and_recorded(chosen_ru
     out, _ = chosen_run
     choice = json.loads((out / "thresholds" / "rerank.json").read_text())
     prov = json.loads((out / "pseudo_round1.json").read_text())["provenance"]
-    assert prov["rerank_choice"] == choice and prov["ranking"] == choice["chosen"]
+    # "ranking" is recorded only when it is not the score's (as before --rerank: old parts folders resume)
+    assert prov["rerank_choice"] == choice and prov.get("ranking", "score") == choice["chosen"]
     # the fold models' proposals on the videos they held out, every labelled video once
     truth, proposals = heldout_evidence(stage_inputs(_config(tiny_data)), out / "thresholds", 2)
     assert _config(tiny_data).rerank == "recurrence"  # the default; auto is measured in docs/selftrain.md
@@ -335,11 +336,17 @@ def test_a_run_recorded_before_precision_of_existed_resumes_with_the_rule_it_use
     RunState(out, cfg)
     other = _config(tiny_data, init="ema", rerank="score")
     other.threshold_rule = cfg.threshold_rule
-    with pytest.raises(SelfTrainError, match=r"other settings \(init\)"):
+    with pytest.raises(SelfTrainError, match=r"other settings \(init: 'none' recorded, 'ema' given\)"):
         RunState(out, other)
     (out / "selftrain.json").write_text(json.dumps({**recorded, "rounds_per_epoch": 3}))  # not tal-selftrain's
     with pytest.raises(SelfTrainError, match="selftrain.json: not the settings of a tal-selftrain run"):
         RunState(out, cfg)
+
+
+def test_auto_ranking_without_held_out_folds_is_refused(tiny_data, tmp_path):
+    with pytest.raises(SelfTrainError, match="--rerank auto chooses on the held-out videos of the threshold rule"):
+        run_selftrain(_config(tiny_data, rerank="auto"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_stage_options_do_not_leak_into_stage_1(tiny_data):
