@@ -212,6 +212,7 @@ def test_thresholds_chosen_on_held_out_videos_are_recorded_with_why(chosen_run):
 def test_auto_ranking_is_chosen_on_the_held_out_proposals_and_recorded(chosen_run, tiny_data):
     from tal.crossfit import heldout_evidence
     from tal.recurrence import RecurrenceConfig, choose_rerank
+    from tal.selftrain import CANDIDATE_FLOOR
 
     out, _ = chosen_run
     choice = json.loads((out / "thresholds" / "rerank.json").read_text())
@@ -219,11 +220,13 @@ def test_auto_ranking_is_chosen_on_the_held_out_proposals_and_recorded(chosen_ru
     # "ranking" is recorded only when it is not the score's (as before --rerank: old parts folders resume)
     assert prov["rerank_choice"] == choice and prov.get("ranking", "score") == choice["chosen"]
     # the fold models' proposals on the videos they held out, every labelled video once
-    truth, proposals = heldout_evidence(stage_inputs(_config(tiny_data)), out / "thresholds", 2)
+    truth, proposals = heldout_evidence(stage_inputs(_config(tiny_data)), out / "thresholds", 2, CANDIDATE_FLOOR)
     assert _config(tiny_data).rerank == "recurrence"  # the default; auto is measured in docs/selftrain.md
     assert sorted(proposals.videos) == sorted(truth.videos) and len(truth.videos) == 24
+    # on the proposals the unlabelled candidates are cut at: none below CANDIDATE_FLOOR
+    assert min(s.score for v in proposals.videos.values() for s in v.segments) >= CANDIDATE_FLOOR
     assert choice == choose_rerank(truth, proposals, [str(tiny_data / "lab.zarr")], RecurrenceConfig(seed=0),
-                                   progress=False)
+                                   progress=False, what=str(out / "thresholds"))
     assert choice["chosen"] == max(("score", "recurrence"), key=lambda k: (choice["heldout_ap"][k], k == "score"))
     assert (out / "pseudo_round1.reranked.json").exists() == (choice["chosen"] == "recurrence")
 
