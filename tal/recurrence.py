@@ -98,9 +98,9 @@ def recurrence(z: np.ndarray, owner: np.ndarray, cfg: RecurrenceConfig, progress
         k = min(cfg.k, sim.shape[1])
         top = np.partition(sim, sim.shape[1] - k, axis=1)[:, -k:]
         found = np.isfinite(top)  # fewer than k rows of other videos: the mean of those there are
-        n = found.sum(axis=1)
+        count = found.sum(axis=1)
         total = np.where(found, top, 0.0).sum(axis=1)
-        out[lo:lo + cfg.chunk] = np.where(n > 0, total / np.maximum(n, 1), -1.0)
+        out[lo:lo + cfg.chunk] = np.where(count > 0, total / np.maximum(count, 1), -1.0)
     return out
 
 
