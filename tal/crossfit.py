@@ -100,13 +100,11 @@ def heldout_sample(run_cfg, inputs, out_dir, filter_cfg, *, folds: int = 2, alph
 
 
 def _proposal_set(labelled: AnnotationSet, proposals: dict) -> AnnotationSet:
-    from tal.data.annotations import Segment, VideoAnnotation
-    from tal.pseudo import PSEUDO_LABEL
+    from tal.data.annotations import VideoAnnotation
+    from tal.pseudo import pseudo_segments
 
     return AnnotationSet({vid: VideoAnnotation(vid, labelled.videos[vid].subset, labelled.videos[vid].duration,
-                                               labelled.videos[vid].fps,
-                                               [Segment(float(a), float(b), PSEUDO_LABEL, float(c), pseudo=True)
-                                                for (a, b), c in zip(segs, scores)])
+                                               labelled.videos[vid].fps, pseudo_segments(segs, scores))
                           for vid, (segs, scores) in proposals.items()})
 
 

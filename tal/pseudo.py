@@ -413,6 +413,13 @@ def pseudo_label_store(store, checkpoint, out, cfg: FilterConfig, *, shard: tupl
     return stats
 
 
+def pseudo_segments(segments, scores) -> list:
+    """Pseudo-label segments (label ``PSEUDO_LABEL``, ``pseudo=True``) from [N, 2] seconds and [N] scores."""
+    from tal.data.annotations import Segment
+
+    return [Segment(float(a), float(b), PSEUDO_LABEL, float(c), pseudo=True) for (a, b), c in zip(segments, scores)]
+
+
 def video_candidates(video) -> np.ndarray:
     """[N, 3] start, end, score of a pseudo-labelled video's segments and ignore regions (a file written with
     lower thresholds holds every proposal above the lower one as one or the other)."""
@@ -428,7 +435,7 @@ def refilter(src, out, cfg: FilterConfig, provenance: dict | None = None, limit:
     top-k and the same dedup and minimum duration: filtering is then idempotent except for the stricter
     thresholds.
     """
-    from tal.data.annotations import AnnotationSet, Segment, load_annotations, write_official
+    from tal.data.annotations import AnnotationSet, load_annotations, write_official
 
     aset = load_annotations(src)
     stats = ShardStats()
@@ -436,8 +443,7 @@ def refilter(src, out, cfg: FilterConfig, provenance: dict | None = None, limit:
     for vid, video in list(aset.videos.items())[:limit]:
         cand = video_candidates(video)
         result = filter_proposals(cand[:, :2], cand[:, 2], video.duration, cfg)
-        video.segments = [Segment(float(a), float(b), PSEUDO_LABEL, float(c), pseudo=True)
-                          for (a, b), c in zip(result.segments, result.scores)]
+        video.segments = pseudo_segments(result.segments, result.scores)
         video.ignore = [tuple(map(float, r)) for r in result.ignore]
         stats.add(len(video.segments), result.fell_back)
         videos[vid] = video
@@ -505,7 +511,7 @@ def select_true_positives(src, gt_path, out, alpha: float = 0.5) -> ShardStats:
     instance at tIoU >= ``alpha`` (best score first, one per instance) and drop every other one — a perfect
     selection among stage 1's proposals. Stage 2 on it bounds what any rule choosing among those proposals (a
     threshold, ignore regions, top-k) can reach; what stays missing is what stage 1 never proposed."""
-    from tal.data.annotations import AnnotationSet, Segment, load_annotations, write_official
+    from tal.data.annotations import AnnotationSet, load_annotations, write_official
     from tal.thresholds import match_proposals
 
     truth = load_annotations(gt_path)
@@ -519,7 +525,7 @@ def select_true_positives(src, gt_path, out, alpha: float = 0.5) -> ShardStats:
         gt = [[s.start, s.end] for s in truth.videos[vid].segments]
         hits = match_proposals({vid: gt}, {vid: (cand[:, :2], cand[:, 2])}, alpha).hits
         kept = cand[order][hits]
-        video.segments = [Segment(float(a), float(b), PSEUDO_LABEL, float(c), pseudo=True) for a, b, c in kept]
+        video.segments = pseudo_segments(kept[:, :2], kept[:, 2])
         video.ignore = []
         stats.add(len(video.segments), False)
     prov = dict(aset.provenance)

@@ -144,9 +144,9 @@ def rerank_set(aset, stores, cfg: RecurrenceConfig = RecurrenceConfig(), progres
     from tqdm import tqdm
 
     from features.store import open_store
-    from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation
+    from tal.data.annotations import AnnotationSet, VideoAnnotation
     from tal.data.grid import seconds_to_grid
-    from tal.pseudo import PSEUDO_LABEL
+    from tal.pseudo import pseudo_segments
 
     cands = {vid: video_candidates(v) for vid, v in aset.videos.items()}
     if sum(len(c) > 0 for c in cands.values()) < 2:
@@ -174,8 +174,7 @@ def rerank_set(aset, stores, cfg: RecurrenceConfig = RecurrenceConfig(), progres
     for vid, video in aset.videos.items():
         c = cands[vid]
         videos[vid] = VideoAnnotation(vid, video.subset, video.duration, video.fps,
-                                      [Segment(float(a), float(b), PSEUDO_LABEL, float(s), pseudo=True)
-                                       for (a, b), s in zip(c[:, :2], new[at:at + len(c)])])
+                                      pseudo_segments(c[:, :2], new[at:at + len(c)]))
         at += len(c)
     moved = float(np.mean(np.abs(percentile(new) - percentile(scores))))
     done = {"method": "recurrence", "k": cfg.k, "dims": int(z.shape[1]), "reference": min(cfg.reference, len(z)),

@@ -90,7 +90,7 @@ def main(features, truth, stage1, others, threshold, out):
     files = {name: out / f"proposals_{name}.json" for name in models}
     proposals = {name: _propose(features, path, files[name]) for name, path in models.items()}
     result = {"rankings": {}, "at_threshold": {}}
-    rankings = {"stage1": None, "recurrence": None}
+    rankings = {"stage1": {vid: c[:, 2] for vid, c in proposals["stage1"].items()}, "recurrence": None}
     if others:
         rankings.update(rescored(proposals["stage1"], [proposals[n] for n in models if n != "stage1"]))
     for name, scores in rankings.items():
@@ -98,8 +98,7 @@ def main(features, truth, stage1, others, threshold, out):
         if name == "recurrence":
             rerank_candidates(files["stage1"], features, path)
         else:
-            _write_ranking(files["stage1"], scores if scores is not None else
-                           {vid: c[:, 2] for vid, c in proposals["stage1"].items()}, path)
+            _write_ranking(files["stage1"], scores, path)
         q = pseudo_label_quality(path, truth)
         result["rankings"][name] = {"average_mAP": q["average_mAP"],
                                     "AP@0.5": pseudo_label_quality(path, truth, tiou=(0.5,))["average_mAP"]}
