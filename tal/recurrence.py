@@ -185,14 +185,18 @@ def rerank_set(aset, stores, cfg: RecurrenceConfig = RecurrenceConfig(), progres
 
 
 def rerank_candidates(src, stores, out, cfg: RecurrenceConfig = RecurrenceConfig(), progress: bool = True,
-                      provenance: dict | None = None, prefer_store=None) -> dict:
+                      provenance: dict | None = None, prefer_store=None, limit: int | None = None) -> dict:
     """Write ``src``'s proposals (a pseudo-label file written at a low threshold: its segments and ignore
     regions are the candidates) to ``out``, re-ranked by :func:`rerank_set`; filter them with
-    :func:`tal.pseudo.refilter`. Returns what it did (also in ``out``'s provenance, ``rerank``)."""
-    from tal.data.annotations import load_annotations, write_official
+    :func:`tal.pseudo.refilter`. ``limit`` re-ranks the first videos of ``src`` only, among themselves (as if
+    the store held no others: a scaling curve). Returns what it did (also in ``out``'s provenance, ``rerank``)."""
+    from tal.data.annotations import AnnotationSet, load_annotations, write_official
 
     src, out = Path(src), Path(out)
-    ranked, done = rerank_set(load_annotations(src), stores, cfg, progress, prefer_store, what=str(src))
+    aset = load_annotations(src)
+    if limit is not None:
+        aset = AnnotationSet(dict(list(aset.videos.items())[:limit]), dict(aset.provenance))
+    ranked, done = rerank_set(aset, stores, cfg, progress, prefer_store, what=str(src))
     ranked.provenance.update(rerank={**done, "from": str(src)}, **(provenance or {}))
     write_official(ranked, out)
     return ranked.provenance["rerank"]

@@ -368,13 +368,19 @@ def write_pseudo_labels(cfg: SelfTrainConfig, ckpt: Path, pl: Path, filt: Filter
     from tal.pseudo import refilter
     from tal.recurrence import RecurrenceConfig, rerank_candidates
 
-    floor = min(CANDIDATE_FLOOR, filt.threshold if filt.ignore_threshold is None else filt.ignore_threshold)
     cands, ranked = pl.with_suffix(".candidates.json"), pl.with_suffix(".reranked.json")
-    pseudo_label_store(cfg.unlabeled_features, ckpt, cands, replace(filt, threshold=floor, ignore_threshold=None,
-                                                                    top_k=None), progress=progress)
+    pseudo_label_store(cfg.unlabeled_features, ckpt, cands, candidate_filter(filt), progress=progress)
     rerank_candidates(cands, cfg.unlabeled_features, ranked, RecurrenceConfig(seed=cfg.seed), progress=progress)
     stats = refilter(ranked, pl, filt, provenance=why)
     log.info("%s: %d pseudo-labels in %d videos after re-ranking", pl.name, stats.segments, stats.videos)
+
+
+def candidate_filter(filt: FilterConfig) -> FilterConfig:
+    """The filter writing the proposals that a re-ranking (or an oracle selection) chooses among: down to
+    ``CANDIDATE_FLOOR`` (or ``filt``'s lowest threshold, if lower), no ignore regions, no top-k, so that
+    :func:`tal.pseudo.refilter` by ``filt`` afterwards is exact."""
+    lowest = filt.threshold if filt.ignore_threshold is None else filt.ignore_threshold  # <= threshold
+    return replace(filt, threshold=min(CANDIDATE_FLOOR, lowest), ignore_threshold=None, top_k=None)
 
 
 def pseudo_filter(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: bool, model_stage: int = 1,

@@ -42,7 +42,7 @@ from features.cli_support import Command
 from features.errors import StovtalError
 from tal.atomic import atomic_open, atomic_write_bytes, atomic_write_json
 from tal.crossfit import HELDOUT_PROPOSALS
-from tal.selftrain import CANDIDATE_FLOOR, SIMULATED_NOTE, PROTOCOL_ROWS, SelfTrainConfig, _lookup, recovered_share
+from tal.selftrain import SIMULATED_NOTE, PROTOCOL_ROWS, SelfTrainConfig, _lookup, recovered_share
 
 log = logging.getLogger("tal.study")
 
@@ -187,7 +187,7 @@ def _base(cfg: SelfTrainConfig, folder: Path, paths: dict, progress: bool) -> di
     report = run_selftrain(first, folder, progress=progress)
     filt, why = pseudo_filter(first, RunState(folder, first), folder, progress)
     return {"stage1": report["stage1"], "counts": report["counts"], "threshold": filt.threshold,
-            "ignore_threshold": filt.ignore_threshold}
+            "ignore_threshold": filt.ignore_threshold, "ranking": why["ranking"]}
 
 
 def task_dependencies(task: str) -> list[str]:
@@ -284,20 +284,45 @@ def _share(src: Path, dst: Path, steps: list, files: list) -> None:
 
 def _shared_pseudo_labels(out, kind, seed, cfg, paths, base_dir: Path, progress) -> dict:
     """``scale-pl``: the chosen filter over a web store of max(--scale) videos (its first 400 are the main
-    run's); ``tau-pl``: the main web store at the smallest τ, no ignore regions (re-filtered per τ)."""
+    run's); ``tau-pl``: the main web store at the smallest τ, no ignore regions (re-filtered per τ). Where the
+    main run re-ranks (its ``ranking``), the file holds the candidates of that ranking instead: stage 1's
+    proposals down to the candidate floor, re-ranked per number of videos (``scale``) or here, once (``tau``)."""
     from tal.pseudo import pseudo_label_store
+    from tal.selftrain import candidate_filter
 
     settings = _settings_of(out)
     stage1 = base_dir / "stage1" / "last.pt"
     folder = task_dir(out, f"{kind}:{seed}")
+    base = json.loads((base_dir / "result.json").read_text())
+    ranking = _ranking(cfg, base)
     if kind == "scale-pl":
         store, _ = _extra_split(out, seed, settings, "web_scale", "web", max(settings.scale), progress, "web")
-        filt = _chosen_filter(cfg, json.loads((base_dir / "result.json").read_text()))
+        filt = _chosen_filter(cfg, base)
     else:
         store = paths["web_store"]
         filt = dataclasses.replace(cfg.filter, threshold=min(settings.taus), ignore_threshold=None)
-    pseudo_label_store(store, stage1, folder / "pseudo.json", filt, progress=progress)
-    return {"file": str(folder / "pseudo.json"), "store": str(store), "threshold": filt.threshold}
+    pl = folder / "pseudo.json"
+    if ranking == "score":
+        pseudo_label_store(store, stage1, pl, filt, progress=progress)
+    else:
+        pseudo_label_store(store, stage1, folder / "candidates.json", candidate_filter(filt), progress=progress)
+        if kind == "tau-pl":
+            _rerank(folder / "candidates.json", store, pl, cfg, progress)
+        else:
+            pl = folder / "candidates.json"
+    return {"file": str(pl), "store": str(store), "threshold": filt.threshold, "ranking": ranking}
+
+
+def _ranking(cfg: SelfTrainConfig, base: dict) -> str:
+    """The order the seed's web proposals are cut in: the one its base task chose (or, for a base task recorded
+    before the choice was, the configured one)."""
+    return base.get("ranking", cfg.rerank)
+
+
+def _rerank(candidates: Path, store, out: Path, cfg: SelfTrainConfig, progress: bool, limit=None) -> None:
+    from tal.recurrence import RecurrenceConfig, rerank_candidates
+
+    rerank_candidates(candidates, store, out, RecurrenceConfig(seed=cfg.seed), progress=progress, limit=limit)
 
 
 def _chosen_filter(cfg: SelfTrainConfig, base: dict):
@@ -343,21 +368,26 @@ def _stage2_variant(out, kind, seed, arg, cfg, base_dir: Path, paths, progress) 
         truth = Path(source["store"]).with_suffix(".json")
     else:
         n, filt, truth = None, FilterConfig(threshold=float(arg), dedup_iou=cfg.filter.dedup_iou), paths["web_annotations"]
+    ranked = source.get("ranking", "score") != "score" and kind == "scale"  # tau-pl's file is re-ranked already
+    if ranked and not (folder / "reranked.json").exists():  # among the first N videos only, as a store of N would
+        _rerank(Path(source["file"]), source["store"], folder / "reranked.json", cfg, progress, limit=n)
     if not pl.exists():
-        refilter(source["file"], pl, filt, limit=n)
-    return _stage2_on(cfg, folder, pl, stage1, truth, progress)
+        refilter(folder / "reranked.json" if ranked else source["file"], pl, filt, limit=n)
+    summary = _stage2_on(cfg, folder, pl, stage1, truth, progress)
+    summary["ranking"] = source.get("ranking", "score")
+    return summary
 
 
 def _oracle_selection(cfg: SelfTrainConfig, base_dir: Path, folder: Path, paths: dict, progress: bool) -> dict:
-    """Stage 2 by the main recipe on stage 1's proposals (down to CANDIDATE_FLOOR) that match a true instance:
+    """Stage 2 by the main recipe on stage 1's proposals (down to the candidate floor) that match a true instance:
     the bound of every rule that selects among those proposals (:func:`tal.pseudo.select_true_positives`)."""
     from tal.pseudo import pseudo_label_store, select_true_positives
+    from tal.selftrain import candidate_filter
 
     stage1 = base_dir / "stage1" / "last.pt"
     candidates, pl = folder / "candidates.json", folder / "pseudo.json"
     if not candidates.exists():
-        filt = dataclasses.replace(cfg.filter, threshold=CANDIDATE_FLOOR, ignore_threshold=None, top_k=None)
-        pseudo_label_store(paths["web_store"], stage1, candidates, filt, progress=progress)
+        pseudo_label_store(paths["web_store"], stage1, candidates, candidate_filter(cfg.filter), progress=progress)
     if not pl.exists():
         select_true_positives(candidates, paths["web_annotations"], pl)
     summary = _stage2_on(cfg, folder, pl, stage1, paths["web_annotations"], progress)
@@ -609,8 +639,9 @@ def format_study(result: dict) -> str:
                        ("tau_sweep", "τ sweep (first seed; fixed τ, no ignore regions)")):
         if key not in result:
             continue
-        lines += ["", title + ": novel (gen.) / novel-only / base / cross-domain mAP; pseudo-labels, precision, "
-                  "recall"]
+        rankings = sorted({s["ranking"] for s in result[key].values() if "ranking" in s})
+        lines += ["", title + (f"; web proposals ranked by {' / '.join(rankings)}" if rankings else "")
+                  + ": novel (gen.) / novel-only / base / cross-domain mAP; pseudo-labels, precision, recall"]
         for k, s in sorted(result[key].items(), key=lambda kv: float(kv[0])):
             q = s.get("pseudo_quality", {})
             lines.append(f"  {k:>6}: " + " / ".join(f"{100 * _lookup(s, keys):6.2f}" for keys in (

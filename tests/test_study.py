@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tal.config import load_config
+from tal.data.annotations import load_annotations
 from tal.study import StudySettings, ablation_config, collect, main_config, run_study, task_dependencies, task_dir
 from test_pseudo import TINY_SETS
 
@@ -144,6 +145,13 @@ def test_scaling_keeps_compute_and_mix_and_nests_the_web_videos(study):
     assert cfg["data"]["pseudo_ratio"] == pytest.approx(8 / 18) and cfg["data"]["epoch_clips"] == 18
     counts = [result["scaling"][n]["pseudo_quality"]["true_actions"] for n in ("4", "12")]
     assert counts[0] < counts[1]  # more unlabelled videos, more (nested) truth behind the pseudo-labels
+    # the default re-ranks the web proposals; each point re-ranks its own first N videos among themselves
+    ranked = {n: load_annotations(task_dir(out, f"scale:0:{n}") / "reranked.json") for n in (4, 12)}
+    assert [len(ranked[n].videos) for n in (4, 12)] == [4, 12]
+    assert all(result["scaling"][str(n)]["ranking"] == "recurrence" for n in (4, 12))
+    first = list(ranked[4].videos)
+    scores = {n: [s.score for v in first for s in ranked[n].videos[v].segments] for n in (4, 12)}
+    assert len(scores[4]) == len(scores[12]) and scores[4] != scores[12]
     assert result["tau_sweep"]["0.2"]["pseudo_labels"] > 0
 
 
