@@ -34,6 +34,7 @@ bench: $(VENV)
 	$(PY) tools/bench_eval.py
 	$(PY) tools/bench_train.py
 	$(PY) tools/bench_pseudo.py
+	$(PY) tools/bench_rerank.py
 	$(PY) tools/bench_batching.py --map   # length-aware batches: epoch time and mAP (~1 hour)
 	$(PY) tools/bench_stage2.py           # simulates 10,000 web videos once (~30 min)
 

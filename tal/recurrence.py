@@ -38,10 +38,11 @@ class RecurrenceConfig:
     reference: int = 50_000     # proposals (a seeded sample when there are more) that neighbours come from
     seed: int = 0
     chunk: int = 2048           # proposals per similarity block (memory: chunk x reference floats)
+    fit: int = 20_000           # proposals (a seeded sample when there are more) the whitening is fitted on
 
     def __post_init__(self):
-        if self.k < 1 or self.dims < 1 or self.reference < 2 or self.chunk < 1:
-            raise PseudoLabelError(f"recurrence needs k, dims, chunk >= 1 and reference >= 2, got {self}")
+        if self.k < 1 or self.dims < 1 or self.reference < 2 or self.chunk < 1 or self.fit < 2:
+            raise PseudoLabelError(f"recurrence needs k, dims, chunk >= 1 and reference, fit >= 2, got {self}")
 
 
 def segment_contents(rows: np.ndarray, grid_segments: np.ndarray) -> np.ndarray:
@@ -67,19 +68,45 @@ def segment_contents(rows: np.ndarray, grid_segments: np.ndarray) -> np.ndarray:
     return out
 
 
-def whiten(contents: np.ndarray, dims: int, rng: np.random.Generator, fit_rows: int = 20_000) -> np.ndarray:
-    """Each row L2-normalised (a segment's direction, not its strength), centred, PCA-whitened to ``dims``
-    (fitted on at most ``fit_rows`` of them), L2-normalised again; float32."""
-    x = contents / np.maximum(np.linalg.norm(contents, axis=1, keepdims=True), 1e-12)
-    x = x - x.mean(axis=0)
-    fit = x if len(x) <= fit_rows else x[rng.choice(len(x), fit_rows, replace=False)]
-    _, sv, vt = np.linalg.svd(fit, full_matrices=False)
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """Centre, PCA basis and per-direction scale fitted on L2-normalised contents (:func:`fit_whitening`)."""
+    mean: np.ndarray   # [D]
+    basis: np.ndarray  # [d, D]
+    scale: np.ndarray  # [d]
+
+    def apply(self, contents: np.ndarray) -> np.ndarray:
+        """Each row L2-normalised (a segment's direction, not its strength), centred, projected and scaled to
+        unit variance per direction, L2-normalised again; float32."""
+        y = ((_unit(contents) - self.mean) @ self.basis.T) / self.scale
+        return _unit(y).astype(np.float32)
+
+
+def fit_whitening(sample: np.ndarray, mean: np.ndarray, dims: int) -> Whitening:
+    """PCA whitening to ``dims`` fitted on ``sample`` (L2-normalised contents) around ``mean`` (that of all of
+    them, which the sample need not hold)."""
+    _, sv, vt = np.linalg.svd(sample - mean, full_matrices=False)
     dims = min(dims, len(sv))
-    scale = sv[:dims] / math.sqrt(len(fit))
+    scale = sv[:dims] / math.sqrt(len(sample))
     keep = scale > scale[0] * 1e-6  # directions with (numerically) no variance would only amplify rounding
-    y = (x @ vt[:dims][keep].T) / scale[keep]
-    y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
-    return y.astype(np.float32)
+    return Whitening(mean, vt[:dims][keep], scale[keep])
+
+
+def fit_sample(n: int, cfg: "RecurrenceConfig") -> np.ndarray:
+    """Indices (sorted) of the proposals the whitening is fitted on: all, or a seeded sample of ``cfg.fit``."""
+    if n <= cfg.fit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(cfg.seed).choice(n, cfg.fit, replace=False))
+
+
+def whiten(contents: np.ndarray, cfg: "RecurrenceConfig") -> np.ndarray:
+    """All of ``contents`` ([N, D], in memory) whitened by :func:`fit_whitening` on :func:`fit_sample`."""
+    x = _unit(contents)
+    return fit_whitening(x[fit_sample(len(x), cfg)], x.mean(axis=0), cfg.dims).apply(contents)
 
 
 def recurrence(z: np.ndarray, owner: np.ndarray, cfg: RecurrenceConfig, progress: bool = False) -> np.ndarray:
@@ -151,23 +178,34 @@ def rerank_set(aset, stores, cfg: RecurrenceConfig = RecurrenceConfig(), progres
     cands = {vid: video_candidates(v) for vid, v in aset.videos.items()}
     if sum(len(c) > 0 for c in cands.values()) < 2:
         raise PseudoLabelError(f"{what}: recurrence needs proposals in at least two videos")
-    contents, owner = [], []
+    owner = np.concatenate([np.full(len(c), i) for i, c in enumerate(cands.values())])
+    scores = np.concatenate([c[:, 2] for c in cands.values()])
+    n, start = len(owner), np.cumsum([0] + [len(c) for c in cands.values()])
     with ExitStack() as stack:
         sources = _row_sources(stores, prefer_store)
         opened = [stack.enter_context(open_store(p, "r")) for p in sources]
-        for i, (vid, c) in enumerate(tqdm(cands.items(), desc="segment contents", unit="video",
-                                          disable=not progress)):
-            if not len(c):
-                continue
-            st = next((st for st in opened if vid in st), None)
-            if st is None:
-                raise PseudoLabelError(f"{what}: video {vid} is in none of the stores {', '.join(sources)}")
-            contents.append(segment_contents(st.read(vid).astype(np.float32),
-                                             seconds_to_grid(c[:, :2], st.info(vid).grid)))
-            owner.append(np.full(len(c), i))
-    contents, owner = np.concatenate(contents), np.concatenate(owner)
-    scores = np.concatenate([c[:, 2] for c in cands.values()])
-    z = whiten(contents, cfg.dims, np.random.default_rng(cfg.seed))
+
+        def contents(desc):  # (first proposal index, [n_v, D] contents) per video with proposals
+            for i, (vid, c) in enumerate(tqdm(cands.items(), desc=desc, unit="video", disable=not progress)):
+                if not len(c):
+                    continue
+                st = next((st for st in opened if vid in st), None)
+                if st is None:
+                    raise PseudoLabelError(f"{what}: video {vid} is in none of the stores {', '.join(sources)}")
+                yield start[i], segment_contents(st.read(vid).astype(np.float32),
+                                                 seconds_to_grid(c[:, :2], st.info(vid).grid))
+
+        # two passes over the rows, so that only the whitened [N, dims] contents are held, not [N, D]
+        pick, total, sample = fit_sample(n, cfg), 0.0, []
+        for at, c in contents("segment contents (1/2)"):
+            x = _unit(c)
+            total = total + x.sum(axis=0, dtype=np.float64)
+            mine = pick[(pick >= at) & (pick < at + len(c))]
+            sample.append(x[mine - at])
+        whitening = fit_whitening(np.concatenate(sample), (total / n).astype(np.float32), cfg.dims)
+        z = np.empty((n, len(whitening.scale)), dtype=np.float32)
+        for at, c in contents("segment contents (2/2)"):
+            z[at:at + len(c)] = whitening.apply(c)
     recur = recurrence(z, owner, cfg, progress)
     new = transplant(scores, combined_order(scores, recur))
     videos, at = {}, 0

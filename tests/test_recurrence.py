@@ -60,7 +60,7 @@ def _contents(rng, n_videos=40, dim=64, classes=3):
 def test_recurring_contents_rank_above_unique_ones_once_whitened():
     contents, owner, is_action = _contents(np.random.default_rng(1))
     cfg = RecurrenceConfig(k=5, dims=32)
-    recur = recurrence(whiten(contents, cfg.dims, np.random.default_rng(0)), owner, cfg)
+    recur = recurrence(whiten(contents, cfg), owner, cfg)
     assert _auc(recur[is_action], recur[~is_action]) > 0.95
     # on the raw contents the shared directions dominate the cosine
     raw = contents / np.linalg.norm(contents, axis=1, keepdims=True)
@@ -140,6 +140,31 @@ def test_rerank_gives_the_high_scores_to_recurring_segments_of_a_real_store(tmp_
     assert _auc(action_scores, other_scores) > 0.8
     top = np.sort(np.r_[action_scores, other_scores])[-30]  # the 30 highest scores: the look-alikes' before
     assert (action_scores >= top).sum() > 15
+
+
+def test_rerank_streams_the_store_twice_and_equals_whitening_all_contents_in_memory(tmp_path):
+    """The re-ranking holds only the whitened contents (two passes over the rows: the centre and the fitting
+    sample, then the projection); with a fitting sample smaller than the proposals it ranks as whitening the
+    whole [N, D] contents in memory does."""
+    from features.store import open_store
+    from tal.data.annotations import write_official
+    from tal.data.grid import seconds_to_grid
+    from tal.pseudo import video_candidates
+    from tal.recurrence import rerank_set
+
+    _, videos = _store_with_proposals(tmp_path, "actions", (0.1, 0.6), (0.3, 0.9))
+    cfg = RecurrenceConfig(k=5, dims=16, fit=40)
+    ranked, done = rerank_set(videos, tmp_path / "web.zarr", cfg, progress=False)
+    cands = [video_candidates(v) for v in videos.videos.values()]
+    with open_store(tmp_path / "web.zarr", "r") as st:
+        contents = np.concatenate([segment_contents(st.read(vid).astype(np.float32),
+                                                    seconds_to_grid(c[:, :2], st.info(vid).grid))
+                                   for vid, c in zip(videos.videos, cands)])
+    owner = np.concatenate([np.full(len(c), i) for i, c in enumerate(cands)])
+    scores = np.concatenate([c[:, 2] for c in cands])
+    expected = transplant(scores, combined_order(scores, recurrence(whiten(contents, cfg), owner, cfg)))
+    got = np.array([s.score for v in ranked.videos.values() for s in v.segments])
+    assert done["candidates"] == 90 > cfg.fit and got == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.parametrize("recurring, expected", [("actions", "recurrence"), ("look-alikes", "score")])
