@@ -123,7 +123,8 @@ def recurrence(z: np.ndarray, owner: np.ndarray, cfg: RecurrenceConfig, progress
         sim = z[lo:lo + cfg.chunk] @ zr.T
         sim[owner[lo:lo + cfg.chunk, None] == owner_r[None, :]] = -np.inf
         k = min(cfg.k, sim.shape[1])
-        top = np.partition(sim, sim.shape[1] - k, axis=1)[:, -k:]
+        sim.partition(sim.shape[1] - k, axis=1)  # in place: a copy would double the block's memory
+        top = sim[:, -k:]
         found = np.isfinite(top)  # fewer than k rows of other videos: the mean of those there are
         count = found.sum(axis=1)
         total = np.where(found, top, 0.0).sum(axis=1)
