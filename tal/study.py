@@ -368,13 +368,14 @@ def _stage2_variant(out, kind, seed, arg, cfg, base_dir: Path, paths, progress) 
         truth = Path(source["store"]).with_suffix(".json")
     else:
         n, filt, truth = None, FilterConfig(threshold=float(arg), dedup_iou=cfg.filter.dedup_iou), paths["web_annotations"]
-    ranked = source.get("ranking", "score") != "score" and kind == "scale"  # tau-pl's file is re-ranked already
+    ranking = source.get("ranking", "score")
+    ranked = ranking != "score" and kind == "scale"  # tau-pl's file is re-ranked already
     if ranked and not (folder / "reranked.json").exists():  # among the first N videos only, as a store of N would
         _rerank(Path(source["file"]), source["store"], folder / "reranked.json", cfg, progress, limit=n)
     if not pl.exists():
         refilter(folder / "reranked.json" if ranked else source["file"], pl, filt, limit=n)
     summary = _stage2_on(cfg, folder, pl, stage1, truth, progress)
-    summary["ranking"] = source.get("ranking", "score")
+    summary["ranking"] = ranking
     return summary
 
 

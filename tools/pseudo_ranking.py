@@ -52,10 +52,10 @@ def rescored(candidates: dict, others: list[dict]) -> dict[str, dict]:
 def _propose(features, checkpoint, path: Path) -> dict:
     from tal.data.annotations import load_annotations
     from tal.pseudo import FilterConfig, pseudo_label_store, video_candidates
-    from tal.selftrain import CANDIDATE_FLOOR
+    from tal.selftrain import candidate_filter
 
     # resumes from (and refuses parts made with another checkpoint in) ``path``'s parts folder
-    pseudo_label_store(features, checkpoint, path, FilterConfig(threshold=CANDIDATE_FLOOR), progress=True)
+    pseudo_label_store(features, checkpoint, path, candidate_filter(FilterConfig()), progress=True)
     return {vid: video_candidates(video) for vid, video in load_annotations(path).videos.items()}
 
 

@@ -14,6 +14,7 @@ import click
 
 from features.cli_support import Command
 from tal.config import PRESETS
+from tal.selftrain import RERANKS, SelfTrainConfig
 from tal.thresholds import PRECISION_OF, ThresholdRule
 
 
@@ -46,7 +47,7 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
 @click.option("--thresholds-per-round/--thresholds-once", default=ThresholdRule.per_round, show_default=True,
               help="Rounds >= 2: choose τ again for the stage that pseudo-labels (fold models by its recipe, on its "
                    "pseudo-labels too), or reuse round 1's.")
-@click.option("--rerank", type=click.Choice(["recurrence", "score", "auto"]), default="recurrence",
+@click.option("--rerank", type=click.Choice(RERANKS), default=SelfTrainConfig.rerank,
               show_default=True,
               help="Order of the unlabelled proposals before the thresholds cut them: the localizer's score combined "
                    "with how their content recurs across other unlabelled videos, the score alone, or (auto) the one "
@@ -103,7 +104,7 @@ def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds,
     """Self-train a class-agnostic localizer on labelled + pseudo-labelled videos; prints the stage table."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from tal.pseudo import FilterConfig, PseudoLabelError
-    from tal.selftrain import EvalSet, SelfTrainConfig, format_table, run_selftrain
+    from tal.selftrain import EvalSet, format_table, run_selftrain
     from tal.thresholds import ThresholdError
 
     tests = []
