@@ -59,7 +59,8 @@ ABLATIONS = {
                                                          "(local precision), not where all kept ones are"),
     "precision-local-w1": ({"rule.precision_of": "local", "pseudo_weight": "1"},
                            "the local-precision τ, each pseudo-label weighing 1 instead of its score"),
-    "no-ignore": ({"rule.recall": None}, "no ignore regions: below τ is background"),
+    "ignore": ({"rule.recall": 0.9}, "ignore regions: proposals between τ and held-out recall 0.9 are left out of "
+                                    "the loss, not background (the former default)"),
     "weight-1": ({"pseudo_weight": "1"}, "pseudo-labels weigh 1 in the loss, not their score"),
     "soft": ({"pseudo_weight": "soft"}, "soft pseudo-labels: an action with probability = score (score × action "
                                         "loss + (1 − score) × background loss), not a positive weighing its score"),

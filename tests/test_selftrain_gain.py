@@ -8,7 +8,10 @@ generalized all 44.90 -> 47.56 (56.65), base 42.79 -> 44.68, cross-domain 35.76 
 rows): 27.74 -> 37.87 (38.69), 42.93 -> 53.03 (61.00), 44.29 -> 48.41 (55.86), 44.96 -> 46.10, 38.02 -> 42.59.
 Soft pseudo-labels (`--pseudo-weight soft`) fail it on base: 41.70 (docs/selftrain.md). With the web proposals
 re-ranked by recurrence (the default since): novel-only 27.74 -> 29.55, generalized all 44.29 -> 45.93, base
-44.96 -> 43.40, cross-domain 38.02 -> 43.94 — less novel-only gain than by score alone on this small shared case. Not asserted, because it
+44.96 -> 43.40, cross-domain 38.02 -> 43.94 — less novel-only gain than by score alone on this small shared case.
+Without ignore regions (the default since; measured on another machine, whose stage 1 differs): novel-only
+28.05 -> 29.58 (ceiling 34.95), generalized novel 43.35 -> 50.27 (60.36), all 43.22 -> 46.84, base 43.15 -> 45.13,
+cross-domain 35.65 -> 41.78. Not asserted, because it
 does not hold: stage 2 beats its floor (the same compute on the labels alone, generator 2: 37.64 / 60.18 / 53.62 /
 50.34 / 39.97) — at this size the room over stage 1 is mostly training time, and the pseudo-labels cost against it
 (docs/selftrain.md).
@@ -49,8 +52,9 @@ def test_stage2_by_the_defaults_beats_stage1_where_the_ceiling_leaves_room(tmp_p
     novel = ("generalized", "novel")
     assert _lookup(report["stage2"], novel) - _lookup(report["stage1"], novel) > 0.02  # measured: +4.2 points
     base = ("generalized", "base")
-    # the rule is base >= stage 1 - 1 point; re-ranking (the default) misses it on this small case (measured
-    # 44.96 -> 43.40; by score alone 46.10), so this asserts what holds: no more than two points lost
+    # the rule is base >= stage 1 - 1 point; re-ranking with ignore regions missed it on this small case
+    # (44.96 -> 43.40; by score alone 46.10; without ignore regions, today's default, 43.15 -> 45.13), so this
+    # asserts what held in every measured variant: no more than two points lost
     assert _lookup(report["stage2"], base) >= _lookup(report["stage1"], base) - 0.02
     # the pseudo-labels were chosen from held-out labelled videos, not a fixed τ
     provenance = json.loads((tmp_path / "run" / "pseudo_round1.json").read_text())["provenance"]

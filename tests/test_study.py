@@ -19,7 +19,7 @@ SIZES = {"curated_train": 10, "web": 8, "curated_test": 6, "web_test": 6}
 
 
 def tiny_settings(**kw) -> StudySettings:
-    base = dict(seeds=[0, 1], ablations=["no-ignore", "rounds-2", "oracle-selection", "oracle-selection-w1"],
+    base = dict(seeds=[0, 1], ablations=["ignore", "rounds-2", "oracle-selection", "oracle-selection-w1"],
                 scale=[0, 4, 12], taus=[0.2],
                 overrides=list(TINY_SETS), counts=dict(SIZES))
     base.update(kw)
@@ -68,14 +68,15 @@ def test_ablations_start_from_the_main_runs_stage_1(study):
     out, result = study
     for seed in (0, 1):
         main = task_dir(out, f"main:{seed}")
-        for name in ("no-ignore", "rounds-2"):
+        for name in ("ignore", "rounds-2"):
             variant = task_dir(out, f"ablation:{seed}:{name}")
             assert (variant / "stage1" / "last.pt").read_bytes() == (main / "stage1" / "last.pt").read_bytes()
-        # no ignore regions: its pseudo-labels hold none; the default's do
-        plain = json.loads((task_dir(out, f"ablation:{seed}:no-ignore") / "pseudo_round1.json").read_text())
+        # the default has no ignore regions; the ignore ablation's start at or below τ
+        plain = json.loads((main / "pseudo_round1.json").read_text())
         assert plain["provenance"]["ignore_threshold"] is None
         assert not any(v.get("ignore") for v in plain["database"].values())
-        assert json.loads((main / "pseudo_round1.json").read_text())["provenance"]["ignore_threshold"] is not None
+        ignoring = json.loads((task_dir(out, f"ablation:{seed}:ignore") / "pseudo_round1.json").read_text())
+        assert ignoring["provenance"]["ignore_threshold"] <= ignoring["provenance"]["threshold"]
         rounds = json.loads((task_dir(out, f"ablation:{seed}:rounds-2") / "report.json").read_text())
         assert "stage3" in rounds and rounds["stage2"] == json.loads((main / "report.json").read_text())["stage2"]
     assert result["ablations"]["rounds-2"]["novel-only"]["n"] == 2

@@ -41,9 +41,10 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
               show_default=True,
               help="local: the precision of the proposals at τ (the probability that a proposal scoring τ is "
                    "right, isotonic fit); kept: the precision of all proposals above τ.")
-@click.option("--target-recall", default=0.9, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--target-recall", default=ThresholdRule.recall or 0.0, show_default=True,
+              type=click.FloatRange(0, 1),
               help="Ignore regions: proposals between τ and the score whose proposals recall this share of the "
-                   "held-out instances; 0 disables ignore regions.")
+                   "held-out instances (e.g. 0.9); 0: none, below τ is background.")
 @click.option("--thresholds-per-round/--thresholds-once", default=ThresholdRule.per_round, show_default=True,
               help="Rounds >= 2: choose τ again for the stage that pseudo-labels (fold models by its recipe, on its "
                    "pseudo-labels too), or reuse round 1's.")
