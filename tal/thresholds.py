@@ -167,7 +167,7 @@ class ThresholdRule:
 
     precision: float = 0.5  # docs/selftrain.md: the study's 0.5 / 0.7 / 0.85 ablation (3 seeds)
     # None: no ignore regions (docs/selftrain.md: under re-ranking, ignoring the unsure band cost cross-domain mAP
-    # on every seed, 3 seeds per regime); 0.9 was the default under the score's order
+    # on every calibrated seed and on an unseen configuration); 0.9 was the default under the score's order
     recall: float | None = None
     precision_of: str = "kept"  # "local" or "kept": see threshold_for_local_precision
     alpha: float = 0.5
