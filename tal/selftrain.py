@@ -567,23 +567,25 @@ def stage_names(report: dict) -> list[str]:
 
 
 def format_table(report: dict) -> str:
-    """Average mAP (%) per protocol (rows) and stage (columns), the stage-2 minus stage-1 change and, with a
+    """Average mAP (%) per protocol (rows) and stage (columns), the last stage's change over stage 1 and, with a
     ceiling, the ceiling and the share of its gain recovered; then the pseudo-labels' quality when known."""
-    names = stage_names(report) + [k for k in ("floor", "ceiling") if k in report]
+    stages = stage_names(report)
+    last = len(stages) - 1  # the column of the last stage (--rounds N: stage N + 1)
+    names = stages + [k for k in ("floor", "ceiling") if k in report]
     rows = [(label, [_lookup(report[n], keys) for n in names]) for label, keys in PROTOCOL_ROWS]
     rows = [(label, vals) for label, vals in rows if not all(math.isnan(v) for v in vals)]
     if not rows:
         return "(no test set given: nothing evaluated)"
     recovery, over_floor = report.get("recovery", {}), report.get("recovery_over_floor", {})
     head = f"{'average mAP (%)':<22}" + "".join(f"{n:>10}" for n in names)
-    head += f"{'Δ 2-1':>9}" if len(names) > 1 else ""
+    head += f"{f'Δ {last + 1}-1':>9}" if last > 0 else ""
     head += f"{'recovered':>11}" if recovery else ""
     head += f"{'over floor':>12}" if over_floor else ""
     lines = [head, "-" * len(head)]
     for label, vals in rows:
         line = f"{label:<22}" + "".join(f"{100 * v:>10.2f}" for v in vals)
-        if len(vals) > 1:
-            line += f"{100 * (vals[1] - vals[0]):>+9.2f}"
+        if last > 0:
+            line += f"{100 * (vals[last] - vals[0]):>+9.2f}"
         if recovery:
             line += f"{100 * recovery.get(label, float('nan')):>10.0f}%"
         if over_floor:

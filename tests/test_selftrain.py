@@ -263,6 +263,16 @@ def test_ceiling_floor_and_recovery_are_reported(chosen_run, tiny_data):
     assert "recovered" in table and "over floor" in table and f"precision {quality['precision@0.5']:.3f}" in table
 
 
+def test_table_compares_the_last_stage_with_stage_1():
+    # --rounds 2: the change column is stage 3 - stage 1 (what the run gained), not stage 2 - stage 1
+    report = {f"stage{k}": {"novel_only": v} for k, v in ((1, 0.10), (2, 0.12), (3, 0.15))}
+    report["ceiling"] = {"novel_only": 0.30}
+    head, _, row = format_table(report).splitlines()
+    assert head.split()[-1] == "3-1" and "Δ 2-1" not in head
+    assert row.split()[-1] == "+5.00" and row.split()[1:4] == ["10.00", "12.00", "15.00"]
+    assert "Δ" not in format_table({"stage1": {"novel_only": 0.1}, "floor": {"novel_only": 0.2}}).splitlines()[0]
+
+
 @pytest.mark.parametrize("per_round", [True, False])
 def test_later_rounds_choose_their_threshold_for_the_stage_that_pseudo_labels(tiny_data, tmp_path, per_round):
     out = tmp_path / "run"
