@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from tal.demo import run_demo
 from test_pseudo import TINY_SETS
 
@@ -11,6 +13,7 @@ def test_demo_report_holds_both_stages_under_every_protocol(tmp_path):
                       counts={"curated_train": 8, "web": 10, "curated_test": 6, "web_test": 6})
     saved = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert saved["simulated"] is True and saved["seed"] == 3 and "SIMULATED" in saved["note"]
+    assert saved["torch_threads"] == torch.get_num_threads()  # what the time (and the last digits) ran on
     for stage in ("stage1", "stage2"):
         # the report holds what the stage's own evaluation measured
         measured = json.loads((tmp_path / "demo" / "selftrain" / stage / "eval.json").read_text())
