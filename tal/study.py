@@ -583,9 +583,10 @@ def collect(out: Path, settings: StudySettings) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- report
-def format_share(stat: dict, seeds: int) -> str:
-    """A mean ± std in %; where it rests on fewer seeds than the run has (a recovery is undefined on a seed
-    whose ceiling does not beat its start), the count instead of a std that one seed would show as 0."""
+def format_percent(stat: dict, seeds: int) -> str:
+    """A mean ± std over seeds in % (mAP or a share); where it rests on fewer seeds than the run has (a recovery
+    is undefined on a seed whose ceiling does not beat its start), the count instead of a std that one seed would
+    show as 0."""
     if stat["n"] == 0:
         return "undefined"
     if stat["n"] < seeds:
@@ -595,7 +596,7 @@ def format_share(stat: dict, seeds: int) -> str:
 
 def format_study(result: dict) -> str:
     seeds = result["seeds_done"]
-    pct = lambda s: format_share(s, len(seeds))  # noqa: E731
+    pct = lambda s: format_percent(s, len(seeds))  # noqa: E731
     lines = [f"Self-training study — {SIMULATED_NOTE}",
              f"regime {result['settings']['regime']}; seeds {seeds}; average mAP (%), mean ± std over seeds; "
              "ceiling: stage 2 by the same recipe on the unlabelled videos' true segments; floor: the same recipe "

@@ -12,7 +12,7 @@ import yaml
 
 from tal.config import load_config
 from tal.data.annotations import load_annotations
-from tal.study import (StudySettings, ablation_config, collect, format_share, main_config, run_study, task_dependencies,
+from tal.study import (StudySettings, ablation_config, collect, format_percent, main_config, run_study, task_dependencies,
                        task_dir)
 from test_pseudo import TINY_SETS
 
@@ -259,6 +259,6 @@ def test_pseudo_ranking_tool_rescores_stage1_proposals_by_agreement_and_recurren
 
 def test_a_share_on_fewer_seeds_says_so_instead_of_a_zero_std():
     # seed 1's ceiling below its floor: the over-floor share exists on one seed of three
-    assert format_share({"mean": -0.7306, "std": 0.0, "n": 1}, 3) == "-73.06 (1 of 3)"
-    assert format_share({"mean": 0.1349, "std": 0.0696, "n": 3}, 3) == " 13.49 ±  6.96"
-    assert format_share({"mean": float("nan"), "std": float("nan"), "n": 0}, 3) == "undefined"
+    assert format_percent({"mean": -0.7306, "std": 0.0, "n": 1}, 3) == "-73.06 (1 of 3)"
+    assert format_percent({"mean": 0.1349, "std": 0.0696, "n": 3}, 3) == " 13.49 ±  6.96"
+    assert format_percent({"mean": float("nan"), "std": float("nan"), "n": 0}, 3) == "undefined"
