@@ -12,8 +12,8 @@ import yaml
 
 from tal.config import load_config
 from tal.data.annotations import load_annotations
-from tal.study import (StudySettings, ablation_config, collect, format_percent, main_config, run_study, task_dependencies,
-                       task_dir)
+from tal.study import (StudySettings, ablation_config, collect, format_percent, main_config, run_study,
+                       task_dependencies, task_dir)
 from test_pseudo import TINY_SETS
 
 SIZES = {"curated_train": 10, "web": 8, "curated_test": 6, "web_test": 6}
