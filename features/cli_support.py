@@ -1,10 +1,13 @@
 """Click glue shared by every stovtal command: user errors become one ``Error:`` line and exit status 1.
 
 ``@click.command(cls=Command)`` / ``@click.group(cls=Group)``: a ``StovtalError`` (or an ``OSError`` about a
-file the user named) raised anywhere below the command is printed as one line, never as a traceback.
+file the user named) raised anywhere below the command is printed as one line, never as a traceback; a
+warning is printed as one ``Warning:`` line, not with the source line that raised it.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import click
 
@@ -17,7 +20,13 @@ def os_error_message(exc: OSError) -> str:
     return f"{where}: {reason}" if where else reason
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """warnings.formatwarning for a command's user: the message and its kind; the code location is for developers."""
+    return f"Warning: {message} ({category.__name__})\n"
+
+
 def _invoke_cleanly(invoke, ctx):
+    warnings.formatwarning = one_line_warning
     try:
         return invoke(ctx)
     except StovtalError as exc:

@@ -77,6 +77,9 @@ class SelfTrainConfig:
     # with how their content recurs across other unlabelled videos, tal.recurrence), "score" (stage k's alone) or
     # "auto" (the one that ranks the held-out labelled videos' proposals better; score without held-out folds)
     rerank: str = "recurrence"
+    # Rounds >= 2 stop before training on pseudo-labels more than this many times as dense per minute as the
+    # human labels (pseudo_label_density); None: every round runs.
+    stop_density: float | None = None
     tests: list[EvalSet] = field(default_factory=list)
     vocab: str | None = None  # store vocabulary holding the split's class names (test stores)
     tiou: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
@@ -95,6 +98,8 @@ class SelfTrainConfig:
         if self.rerank == "auto" and self.threshold_rule is None:
             raise SelfTrainError("--rerank auto chooses on the held-out videos of the threshold rule: not with a "
                                  "fixed --threshold (give --rerank recurrence or score)")
+        if self.stop_density is not None and not self.stop_density > 0:
+            raise SelfTrainError(f"--stop-density must be > 0, got {self.stop_density}")
         if self.init not in ("ema", "finetune", "none"):
             raise SelfTrainError(f"init must be ema, finetune or none, got {self.init!r}")
         if self.tests and (self.split is None or self.vocab is None):
@@ -302,6 +307,7 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
     stages: dict[str, dict] = {}
     pseudo_counts: dict[str, dict] = {}
     pseudo_files: list[Path] = []  # the pseudo-labels the last stage trained on
+    stopped = None
     for stage in range(1, cfg.rounds + 2):
         name = f"stage{stage}"
         pseudo = []
@@ -315,12 +321,16 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
                          f", ignore regions from {filt.ignore_threshold:.4g}")
                 write_pseudo_labels(cfg, ckpt, pl, filt, why, progress)
                 state.mark(step)
-            pseudo_counts[step] = _pseudo_counts(pl)
+            pseudo_counts[step] = {**_pseudo_counts(pl), **pseudo_label_density(cfg, pl)}
+            _log_density(step, pseudo_counts[step])
             if cfg.unlabeled_truth:
                 pseudo_counts[step]["quality"] = quality = pseudo_label_quality(pl, cfg.unlabeled_truth,
                                                                                 novel=novel_classes(cfg))
                 log.info("%s: pseudo-label precision %.3f, recall %.3f at tIoU 0.5 against %s%s", step,
                          quality["precision@0.5"], quality["recall@0.5"], cfg.unlabeled_truth, _group_recall(quality))
+            stopped = _density_stop(cfg, stage, step, pseudo_counts[step])
+            if stopped:
+                break
             pseudo = [pl]
         stages[name] = _train_and_evaluate(cfg, state, out / name, pseudo, ckpt if stage > 1 else None, progress)
         ckpt, pseudo_files = out / name / "last.pt", pseudo
@@ -334,8 +344,22 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
         stages["floor"] = _train_and_evaluate(cfg, state, out / "floor", [], out / "stage1" / "last.pt", progress,
                                               floor=True)
     report = build_report(cfg, out, stages, pseudo_counts)
+    if stopped:
+        report["stopped"] = stopped
     write_report(report, out)
     return report
+
+
+def _density_stop(cfg: SelfTrainConfig, stage: int, step: str, counts: dict) -> dict | None:
+    """--stop-density: from round 2 on, the stage would train on pseudo-labels denser than the human labels by more
+    than the limit; the previous stage stays the last (measured in docs/selftrain.md: where later rounds lost,
+    their pseudo-labels grew denser than the human labels)."""
+    ratio = counts.get("density_ratio")
+    if cfg.stop_density is None or stage <= 2 or ratio is None or ratio <= cfg.stop_density:
+        return None
+    log.warning("%s: the pseudo-labels are %.2f x as dense as the human labels (--stop-density %g): stage %d is "
+                "not trained, stage %d is the last", step, ratio, cfg.stop_density, stage, stage - 1)
+    return {"before_stage": stage, "step": step, "density_ratio": ratio, "stop_density": cfg.stop_density}
 
 
 def _train_and_evaluate(cfg, state, run_dir: Path, pseudo, init_from, progress, floor: bool = False) -> dict:
@@ -492,6 +516,42 @@ def _pseudo_counts(path: Path) -> dict:
                                      "ignore_threshold")}
 
 
+def pseudo_label_density(cfg: SelfTrainConfig, pl: Path) -> dict:
+    """Pseudo-labels per minute of unlabelled video beside the human labels' instances per minute (the labelled
+    videos as training sees them). Needs no truth: pseudo-labels r times as dense as the human labels are at least
+    1 − 1/r false unless the unlabelled videos hold more actions per minute (measured in docs/selftrain.md)."""
+    from tal.crossfit import labelled_videos
+    from tal.data.annotations import read_json
+
+    human = labelled_videos(stage_inputs(cfg)).videos.values()
+    human_minutes = sum(v.duration for v in human) / 60
+    database = read_json(pl)["database"]
+    minutes = sum(e["duration"] for e in database.values()) / 60
+    if not human_minutes or not minutes:
+        return {}
+    per_minute = sum(len(e["annotations"]) for e in database.values()) / minutes
+    human_per_minute = sum(len(v.segments) for v in human) / human_minutes
+    return {"per_minute": per_minute, "labelled_per_minute": human_per_minute,
+            "density_ratio": per_minute / human_per_minute}
+
+
+def density_text(counts: dict) -> str:
+    return (f"{counts['per_minute']:.2f} pseudo-labels per minute of unlabelled video, {counts['density_ratio']:.2f} x "
+            f"the labelled videos' {counts['labelled_per_minute']:.2f} instances per minute")
+
+
+def _log_density(step: str, counts: dict) -> None:
+    if "density_ratio" not in counts:
+        return
+    text = f"{step}: {density_text(counts)}"
+    if counts["density_ratio"] > 1:
+        # one true instance per matched pseudo-label: precision <= (true instances per minute) / (pseudo per minute)
+        log.warning("%s: if the unlabelled videos hold no more actions per minute than the labelled ones, at least "
+                    "%.0f %% of these pseudo-labels are false", text, 100 * (1 - 1 / counts["density_ratio"]))
+    else:
+        log.info(text)
+
+
 def _count_videos(paths) -> int:
     from features.store import open_store
 
@@ -574,14 +634,12 @@ def format_table(report: dict) -> str:
     names = stages + [k for k in ("floor", "ceiling") if k in report]
     rows = [(label, [_lookup(report[n], keys) for n in names]) for label, keys in PROTOCOL_ROWS]
     rows = [(label, vals) for label, vals in rows if not all(math.isnan(v) for v in vals)]
-    if not rows:
-        return "(no test set given: nothing evaluated)"
     recovery, over_floor = report.get("recovery", {}), report.get("recovery_over_floor", {})
     head = f"{'average mAP (%)':<22}" + "".join(f"{n:>10}" for n in names)
     head += f"{f'Δ {last + 1}-1':>9}" if last > 0 else ""
     head += f"{'recovered':>11}" if recovery else ""
     head += f"{'over floor':>12}" if over_floor else ""
-    lines = [head, "-" * len(head)]
+    lines = [head, "-" * len(head)] if rows else ["(no test set given: nothing evaluated)"]
     for label, vals in rows:
         line = f"{label:<22}" + "".join(f"{100 * v:>10.2f}" for v in vals)
         if last > 0:
@@ -592,11 +650,20 @@ def format_table(report: dict) -> str:
             line += f"{100 * over_floor.get(label, float('nan')):>11.0f}%"
         lines.append(line)
     for step, details in report.get("counts", {}).get("pseudo_label_details", {}).items():
+        tau = details.get("threshold")
+        line = f"{step}: {details.get('segments')} pseudo-labels" + ("" if tau is None else f" at τ = {tau:.4g}")
         q = details.get("quality")
         if q:
-            lines.append(f"{step}: {details.get('segments')} pseudo-labels at τ = {details.get('threshold'):.4g}, "
-                         f"precision {q['precision@0.5']:.3f}, recall {q['recall@0.5']:.3f}{_group_recall(q)} "
-                         "(tIoU 0.5, against the unlabelled videos' truth)")
+            line += (f", precision {q['precision@0.5']:.3f}, recall {q['recall@0.5']:.3f}{_group_recall(q)} "
+                     "(tIoU 0.5, against the unlabelled videos' truth)")
+        lines.append(line)
+        if details.get("density_ratio") is not None:
+            lines.append(f"{step}: {density_text(details)}")
+    stop = report.get("stopped")
+    if stop:
+        lines.append(f"stopped before stage {stop['before_stage']}: {stop['step']}'s pseudo-labels are "
+                     f"{stop['density_ratio']:.2f} x as dense as the human labels "
+                     f"(--stop-density {stop['stop_density']:g})")
     if report.get("simulated"):
         lines.append(SIMULATED_NOTE)
     return "\n".join(lines)

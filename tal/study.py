@@ -71,6 +71,10 @@ ABLATIONS = {
                                         "videos' proposals better"),
     "ratio-0.5": ({"pseudo_ratio": 0.5}, "half the clips pseudo-labelled (natural share: 77 %)"),
     "rounds-2": ({"rounds": 2}, "a second round: stage 2 pseudo-labels, stage 3 trains"),
+    "rounds-3": ({"rounds": 3}, "three rounds: stage 2 pseudo-labels, stage 3 trains, stage 3 pseudo-labels, stage 4 "
+                                "trains"),
+    "rounds-3-stop": ({"rounds": 3, "stop_density": 1.0}, "three rounds, each from round 2 on only where its "
+                                                           "pseudo-labels are no denser than the human labels"),
     "rounds-2-per-round": ({"rounds": 2, "rule.per_round": True},
                            "a second round, its τ chosen again for stage 2 (fold models by stage 2's recipe)"),
     "in-domain": ({"unlabeled": "curated"}, "unlabelled videos from the labelled (curated) domain, not the web"),
@@ -163,7 +167,7 @@ def run_task(out: Path, task: str, settings: StudySettings, progress: bool = Fal
     elif kind == "ablation":
         variant = ablation_config(cfg, arg)
         share_stage1(base_dir, folder, same_rule=variant.threshold_rule == cfg.threshold_rule)
-        if arg.startswith("rounds-2"):
+        if arg.startswith("rounds-"):  # later rounds start from the main run's first
             _share(task_dir(out, f"main:{seed}"), folder, ["round1.pseudo", "stage2.train", "stage2.eval"],
                    ["pseudo_round1.json", "stage2"])
         if arg == "in-domain":
@@ -197,7 +201,7 @@ def task_dependencies(task: str) -> list[str]:
         return []
     if kind in ("scale", "tau"):
         return [f"{kind}-pl:{seed}"]
-    if kind == "ablation" and arg.startswith("rounds-2"):
+    if kind == "ablation" and arg.startswith("rounds-"):
         return [f"main:{seed}"]
     return [f"base:{seed}"]
 
@@ -222,8 +226,8 @@ def _selftrain(cfg: SelfTrainConfig, folder: Path, paths: dict, progress: bool) 
 
     cfg = dataclasses.replace(cfg, unlabeled_truth=str(paths["web_annotations"]))
     report = run_selftrain(cfg, folder, progress=progress)
-    keep = ("stage1", "stage2", "stage3", "floor", "ceiling", "recovery", "counts", "threshold")
-    return {k: report[k] for k in keep if k in report}
+    keep = ("floor", "ceiling", "recovery", "counts", "threshold", "stopped")
+    return {k: v for k, v in report.items() if k in keep or (k.startswith("stage") and k[5:].isdigit())}
 
 
 def false_positive_profiles(folder: Path, cfg: SelfTrainConfig, stages) -> dict:

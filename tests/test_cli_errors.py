@@ -144,3 +144,19 @@ def test_every_console_script_and_module_reports_errors_as_the_user_sees_them(fo
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda case: _subprocess(folder, *case), first))
     assert not _failures(results), "\n\n".join(_failures(results))
+
+
+def test_a_warning_reaches_the_user_as_one_line():
+    # a subprocess: pytest records warnings in-process, the user's terminal gets what warnings prints
+    script = ("import warnings, click\n"
+              "from features.cli_support import Command\n"
+              "from tal.eval.detection import EvaluationWarning\n"
+              "@click.command(cls=Command)\n"
+              "def warns():\n"
+              "    warnings.warn('ignored 3 prediction(s) with labels outside the evaluated classes',\n"
+              "                  EvaluationWarning)\n"
+              "warns()\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == "Warning: ignored 3 prediction(s) with labels outside the evaluated classes " \
+                         "(EvaluationWarning)\n"

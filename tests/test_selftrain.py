@@ -93,6 +93,34 @@ def test_end_to_end_report_table_and_files(reference_run, tiny_data):
     assert "novel-only" in table and "cross-domain" in table and "SIMULATED" in table
 
 
+def test_pseudo_labels_per_minute_are_reported_beside_the_human_labels(reference_run, tiny_data):
+    out, report = reference_run
+    details = report["counts"]["pseudo_label_details"]["round1.pseudo"]
+    pl = json.loads((out / "pseudo_round1.json").read_text())["database"]
+    pseudo = sum(len(v["annotations"]) for v in pl.values()) / (sum(v["duration"] for v in pl.values()) / 60)
+    # the human labels as stage 1 trains on them: training subset, base classes, videos holding one
+    base = set(json.loads((tiny_data / "split.json").read_text())["base"])
+    lab = json.loads((tiny_data / "lab.json").read_text())["database"]
+    counted = [(sum(a["label"] in base for a in v["annotations"]), v["duration"]) for v in lab.values()
+               if v["subset"] == "training"]
+    human = sum(n for n, _ in counted) / (sum(d for n, d in counted if n) / 60)
+    assert details["per_minute"] == pytest.approx(pseudo) and details["labelled_per_minute"] == pytest.approx(human)
+    assert details["density_ratio"] == pytest.approx(pseudo / human)
+    assert f"round1.pseudo: {pseudo:.2f} pseudo-labels per minute of unlabelled video, {pseudo / human:.2f} x the " \
+        f"labelled videos' {human:.2f} instances per minute" in format_table(report).splitlines()
+
+
+def test_pseudo_labels_denser_than_the_human_labels_are_a_warning(caplog):
+    from tal.selftrain import _log_density
+
+    with caplog.at_level("INFO", logger="tal.selftrain"):
+        _log_density("round1.pseudo", {"per_minute": 2.0, "labelled_per_minute": 4.0, "density_ratio": 0.5})
+        _log_density("round1.pseudo", {"per_minute": 8.0, "labelled_per_minute": 4.0, "density_ratio": 2.0})
+    assert [r.levelname for r in caplog.records] == ["INFO", "WARNING"]
+    assert "2.00 x the labelled videos' 4.00 instances per minute" in caplog.records[1].getMessage()
+    assert "at least 50 % of these pseudo-labels are false" in caplog.records[1].getMessage()
+
+
 def test_rerun_of_finished_run_does_nothing(reference_run, tiny_data):
     out, report = reference_run
     before = (out / "stage2" / "last.pt").stat().st_mtime_ns
@@ -301,6 +329,33 @@ def test_later_rounds_choose_their_threshold_for_the_stage_that_pseudo_labels(ti
             (out / "thresholds" / f"fold{k}" / "train.json").read_text()
         assert json.loads((out / "thresholds_stage2" / f"fold{k}" / "heldout.json").read_text()) != \
             json.loads((out / "thresholds" / f"fold{k}" / "heldout.json").read_text())
+
+
+def test_later_rounds_stop_where_their_pseudo_labels_outgrow_the_human_labels(tiny_data, tmp_path, caplog):
+    runs = {}
+    for limit in (1e-6, 1e6):  # below any density: round 2 stops; above any: it trains
+        cfg = _config(tiny_data, stop_density=limit)
+        cfg.rounds, cfg.tests = 2, []
+        runs[limit] = (tmp_path / f"run{limit:g}", cfg)
+        with caplog.at_level("WARNING", logger="tal.selftrain"):
+            report = run_selftrain(cfg, runs[limit][0], progress=False)
+        runs[limit] += (report,)
+    out, cfg, report = runs[1e-6]
+    ratio = report["counts"]["pseudo_label_details"]["round2.pseudo"]["density_ratio"]
+    assert report["stopped"] == {"before_stage": 3, "step": "round2.pseudo", "density_ratio": ratio,
+                                 "stop_density": 1e-6}
+    assert (out / "pseudo_round2.json").exists() and not (out / "stage3").exists()
+    assert "stage3.train" not in json.loads((out / "state.json").read_text())["done"]
+    assert any("stage 3 is not trained, stage 2 is the last" in r.getMessage() for r in caplog.records)
+    assert f"stopped before stage 3: round2.pseudo's pseudo-labels are {ratio:.2f} x" in format_table(report)
+    assert run_selftrain(cfg, out, progress=False)["stopped"] == report["stopped"]  # a rerun stops alike
+    # round 1's stage trains whatever its density: stopping there would be no self-training at all
+    assert report["counts"]["pseudo_label_details"]["round1.pseudo"]["density_ratio"] > 1e-6
+    assert (out / "stage2" / "last.pt").exists()
+    out, _, report = runs[1e6]
+    assert "stopped" not in report and (out / "stage3" / "last.pt").exists()
+    with pytest.raises(SelfTrainError, match="stop-density"):
+        run_selftrain(_config(tiny_data, stop_density=0.0), tmp_path / "bad", progress=False)
 
 
 def test_recurrence_reranks_the_proposals_before_the_thresholds_cut_them(tiny_data, tmp_path):

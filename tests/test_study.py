@@ -123,10 +123,11 @@ def test_soft_noisy_per_round_and_rerank_ablations_change_only_their_setting(tmp
     main = main_config(paths, 0, tiny_settings())
     soft, noisy = ablation_config(main, "soft"), ablation_config(main, "noisy")
     once, again = ablation_config(main, "rounds-2"), ablation_config(main, "rounds-2-per-round")
-    assert main.rounds == 1 and once.rounds == again.rounds == 2
+    assert main.rounds == 1 and once.rounds == again.rounds == 2 and ablation_config(main, "rounds-3").rounds == 3
     assert not main.threshold_rule.per_round and once.threshold_rule == main.threshold_rule
     assert again.threshold_rule == dataclasses.replace(main.threshold_rule, per_round=True)
-    assert task_dependencies("ablation:0:rounds-2-per-round") == ["main:0"]  # it shares the main run's stage 2
+    for name in ("rounds-2-per-round", "rounds-3"):
+        assert task_dependencies(f"ablation:0:{name}") == ["main:0"]  # it shares the main run's stage 2
     assert main.pseudo_weight is None and load_config("small").data.pseudo_weight == "score"  # the default
     by_score, by_auto = ablation_config(main, "rerank-score"), ablation_config(main, "rerank-auto")
     assert (main.rerank, by_score.rerank, by_auto.rerank) == ("recurrence", "score", "auto")

@@ -27,8 +27,13 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
               help="Store of the unlabelled (web) videos to pseudo-label.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (resumed if it exists).")
 @click.option("--rounds", default=1, show_default=True, type=click.IntRange(min=0),
-              help="Pseudo-label/retrain rounds: 1 = stage 1 + stage 2; 2 adds stage 3 (measured better where stage 1's "
-                   "novel mAP is far below its base mAP, worse where it already finds the novel actions).")
+              help="Pseudo-label/retrain rounds: 1 = stage 1 + stage 2; 2 adds stage 3, 3 stage 4 (measured better "
+                   "where stage 1's novel mAP is far below its base mAP, worse where it already finds the novel "
+                   "actions; with --stop-density 1 close to one round there).")
+@click.option("--stop-density", default=None, type=click.FloatRange(0, min_open=True),
+              help="From round 2 on, stop before a stage whose pseudo-labels are more than this many times as dense "
+                   "per minute as the human labels (1: measured to keep the later rounds that helped and stop those "
+                   "that hurt; default: every round runs).")
 @click.option("--threshold", default=None, type=click.FloatRange(0, 1),
               help="A fixed pseudo-label score threshold τ (default: chosen on held-out labelled videos, see "
                    "--target-precision).")
@@ -98,9 +103,9 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
                    "videos add beyond more training.")
 @click.option("--simulated", is_flag=True, help="Label every output as simulated data.")
 @click.option("--no-progress", is_flag=True)
-def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds, threshold, ignore_threshold,
-         target_precision, precision_of, target_recall, thresholds_per_round, rerank, folds, top_k, dedup_iou,
-         min_duration, split, classes, subset, prefer_store, preset, overrides, later_overrides, seed, init,
+def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds, stop_density, threshold,
+         ignore_threshold, target_precision, precision_of, target_recall, thresholds_per_round, rerank, folds, top_k,
+         dedup_iou, min_duration, split, classes, subset, prefer_store, preset, overrides, later_overrides, seed, init,
          pseudo_ratio, pseudo_weight, test_features, test_annotations, cross_features, cross_annotations, test_subset,
          vocab, skip_missing, unlabeled_truth, ceiling, floor, simulated, no_progress):
     """Self-train a class-agnostic localizer on labelled + pseudo-labelled videos; prints the stage table."""
@@ -131,7 +136,7 @@ def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds,
                           filter=filt, threshold_rule=rule, split=split, classes=classes, subset=subset,
                           preset=preset, overrides=list(overrides), later_overrides=list(later_overrides), seed=seed,
                           init=init, pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, tests=tests, vocab=vocab,
-                          rerank=rerank,
+                          rerank=rerank, stop_density=stop_density,
                           simulated=simulated, prefer_store=prefer_store, skip_missing=skip_missing,
                           unlabeled_truth=unlabeled_truth, ceiling=ceiling, floor=floor)
     report = run_selftrain(cfg, out, progress=not no_progress)
