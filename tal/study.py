@@ -554,6 +554,8 @@ def collect(out: Path, settings: StudySettings) -> dict:
     quality = [r["counts"]["pseudo_label_details"]["round1.pseudo"]["quality"] for r in mains.values()]
     result["pseudo_quality"] = _quality_stats(quality)
     result["thresholds"] = {s: r.get("threshold") for s, r in mains.items()}
+    result["pseudo_density"] = {s: r["counts"]["pseudo_label_details"]["round1.pseudo"].get("density_ratio")
+                                for s, r in mains.items()}
     profiles = [r["false_positives"] for r in mains.values() if "false_positives" in r]
     if profiles:
         result["false_positives"] = {
@@ -625,6 +627,10 @@ def format_study(result: dict) -> str:
                  + "".join(f", {k[11:]} instances {q[k]['mean']:.3f} ± {q[k]['std']:.3f}"
                            for k in ("recall@0.5 base", "recall@0.5 novel") if k in q)
                  + "; τ per seed: " + ", ".join(f"{s}: {t:.3g}" for s, t in result["thresholds"].items() if t is not None))
+    density = {s: d for s, d in result.get("pseudo_density", {}).items() if d is not None}
+    if density:
+        lines.append("pseudo-labels per minute ÷ the human labels' instances per minute, per seed: "
+                     + ", ".join(f"{s}: {d:.2f}" for s, d in density.items()))
     if "false_positives" in result:
         fp = result["false_positives"]
         cats = list(next(iter(next(iter(fp.values())).values())))

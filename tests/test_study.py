@@ -61,6 +61,10 @@ def test_headline_is_the_ceiling_recovery_of_every_seed(study):
     text = (out / "study.txt").read_text()
     assert "SIMULATED" in text and "recovered" in text and "over floor" in text
     assert "novel / base" in text and "rounds-2" in text and "seeds 2 > 1" in text
+    density = {s: result["pseudo_density"][s] for s in (0, 1)}  # what tal-selftrain recorded for the main runs
+    assert density == {s: json.loads((task_dir(out, f"main:{s}") / "report.json").read_text())["counts"]
+                       ["pseudo_label_details"]["round1.pseudo"]["density_ratio"] for s in (0, 1)}
+    assert "per seed: 0: " + f"{density[0]:.2f}, 1: {density[1]:.2f}" in text
     for name in ("study_stages.png", "study_scaling.png", "study_tau.png"):
         assert (out / name).stat().st_size > 1000
 
