@@ -26,7 +26,7 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def _invoke_cleanly(invoke, ctx):
-    warnings.formatwarning = one_line_warning
+    before, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:
         return invoke(ctx)
     except StovtalError as exc:
@@ -35,6 +35,8 @@ def _invoke_cleanly(invoke, ctx):
         raise  # click's own handling: the reader went away
     except OSError as exc:
         raise click.ClickException(os_error_message(exc)) from None
+    finally:
+        warnings.formatwarning = before
 
 
 class Command(click.Command):

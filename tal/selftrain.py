@@ -100,6 +100,9 @@ class SelfTrainConfig:
                                  "fixed --threshold (give --rerank recurrence or score)")
         if self.stop_density is not None and not self.stop_density > 0:
             raise SelfTrainError(f"--stop-density must be > 0, got {self.stop_density}")
+        if self.stop_density is not None and self.rounds < 2:
+            raise SelfTrainError(f"--stop-density stops rounds from the second on: it needs --rounds 2 or more, got "
+                                 f"--rounds {self.rounds}")
         if self.init not in ("ema", "finetune", "none"):
             raise SelfTrainError(f"init must be ema, finetune or none, got {self.init!r}")
         if self.tests and (self.split is None or self.vocab is None):
@@ -517,27 +520,37 @@ def _pseudo_counts(path: Path) -> dict:
 
 
 def pseudo_label_density(cfg: SelfTrainConfig, pl: Path) -> dict:
-    """Pseudo-labels per minute of unlabelled video beside the human labels' instances per minute (the labelled
-    videos as training sees them). Needs no truth: pseudo-labels r times as dense as the human labels are at least
-    1 − 1/r false unless the unlabelled videos hold more actions per minute (measured in docs/selftrain.md)."""
+    """Pseudo-labels per minute of unlabelled video beside the human labels per minute of labelled video (the
+    labels stage 1 trains on: the split's training classes, in the videos that hold one). Needs no truth: pseudo-
+    labels r times as dense as the human labels are at least 1 − 1/r false unless the unlabelled videos hold more
+    actions per minute than the human labels mark (measured in docs/selftrain.md). Videos of unknown duration are
+    left out; nothing is returned where either side has no minutes (or the labelled videos cannot be read as
+    training reads them: a warning says why)."""
     from tal.crossfit import labelled_videos
     from tal.data.annotations import read_json
+    from tal.thresholds import ThresholdError
 
-    human = labelled_videos(stage_inputs(cfg)).videos.values()
-    human_minutes = sum(v.duration for v in human) / 60
-    database = read_json(pl)["database"]
-    minutes = sum(e["duration"] for e in database.values()) / 60
-    if not human_minutes or not minutes:
+    try:
+        human = [v for v in labelled_videos(stage_inputs(cfg)).videos.values() if math.isfinite(v.duration)]
+    except ThresholdError as e:
+        log.warning("pseudo-label density not computed: %s", e)
         return {}
-    per_minute = sum(len(e["annotations"]) for e in database.values()) / minutes
-    human_per_minute = sum(len(v.segments) for v in human) / human_minutes
+    database = [e for e in read_json(pl)["database"].values()
+                if e.get("duration") is not None and math.isfinite(e["duration"])]
+    human_minutes = sum(v.duration for v in human) / 60
+    minutes = sum(e["duration"] for e in database) / 60
+    human_labels = sum(len(v.segments) for v in human)
+    if not human_minutes > 0 or not minutes > 0 or not human_labels:
+        return {}
+    per_minute = sum(len(e["annotations"]) for e in database) / minutes
+    human_per_minute = human_labels / human_minutes
     return {"per_minute": per_minute, "labelled_per_minute": human_per_minute,
             "density_ratio": per_minute / human_per_minute}
 
 
 def density_text(counts: dict) -> str:
     return (f"{counts['per_minute']:.2f} pseudo-labels per minute of unlabelled video, {counts['density_ratio']:.2f} x "
-            f"the labelled videos' {counts['labelled_per_minute']:.2f} instances per minute")
+            f"the {counts['labelled_per_minute']:.2f} human labels per minute of labelled video")
 
 
 def _log_density(step: str, counts: dict) -> None:
@@ -546,8 +559,9 @@ def _log_density(step: str, counts: dict) -> None:
     text = f"{step}: {density_text(counts)}"
     if counts["density_ratio"] > 1:
         # one true instance per matched pseudo-label: precision <= (true instances per minute) / (pseudo per minute)
-        log.warning("%s: if the unlabelled videos hold no more actions per minute than the labelled ones, at least "
-                    "%.0f %% of these pseudo-labels are false", text, 100 * (1 - 1 / counts["density_ratio"]))
+        log.warning("%s: if the unlabelled videos hold no more actions per minute than the human labels mark in the "
+                    "labelled ones, at least %.1f %% of these pseudo-labels are false", text,
+                    100 * (1 - 1 / counts["density_ratio"]))
     else:
         log.info(text)
 

@@ -107,7 +107,22 @@ def test_pseudo_labels_per_minute_are_reported_beside_the_human_labels(reference
     assert details["per_minute"] == pytest.approx(pseudo) and details["labelled_per_minute"] == pytest.approx(human)
     assert details["density_ratio"] == pytest.approx(pseudo / human)
     assert f"round1.pseudo: {pseudo:.2f} pseudo-labels per minute of unlabelled video, {pseudo / human:.2f} x the " \
-        f"labelled videos' {human:.2f} instances per minute" in format_table(report).splitlines()
+        f"{human:.2f} human labels per minute of labelled video" in format_table(report).splitlines()
+
+
+def test_videos_of_unknown_duration_are_left_out_of_the_density(reference_run, tiny_data, tmp_path):
+    from tal.selftrain import pseudo_label_density
+
+    out, report = reference_run
+    pl = json.loads((out / "pseudo_round1.json").read_text())
+    first = next(iter(pl["database"]))
+    pl["database"][first]["duration"] = None
+    (tmp_path / "pl.json").write_text(json.dumps(pl))
+    rest = [v for k, v in pl["database"].items() if k != first]
+    got = pseudo_label_density(_config(tiny_data), tmp_path / "pl.json")
+    assert got["per_minute"] == pytest.approx(sum(len(v["annotations"]) for v in rest)
+                                              / (sum(v["duration"] for v in rest) / 60))
+    assert got["labelled_per_minute"] == report["counts"]["pseudo_label_details"]["round1.pseudo"]["labelled_per_minute"]
 
 
 def test_pseudo_labels_denser_than_the_human_labels_are_a_warning(caplog):
@@ -117,8 +132,8 @@ def test_pseudo_labels_denser_than_the_human_labels_are_a_warning(caplog):
         _log_density("round1.pseudo", {"per_minute": 2.0, "labelled_per_minute": 4.0, "density_ratio": 0.5})
         _log_density("round1.pseudo", {"per_minute": 8.0, "labelled_per_minute": 4.0, "density_ratio": 2.0})
     assert [r.levelname for r in caplog.records] == ["INFO", "WARNING"]
-    assert "2.00 x the labelled videos' 4.00 instances per minute" in caplog.records[1].getMessage()
-    assert "at least 50 % of these pseudo-labels are false" in caplog.records[1].getMessage()
+    assert "2.00 x the 4.00 human labels per minute of labelled video" in caplog.records[1].getMessage()
+    assert "at least 50.0 % of these pseudo-labels are false" in caplog.records[1].getMessage()
 
 
 def test_rerun_of_finished_run_does_nothing(reference_run, tiny_data):
@@ -354,8 +369,12 @@ def test_later_rounds_stop_where_their_pseudo_labels_outgrow_the_human_labels(ti
     assert (out / "stage2" / "last.pt").exists()
     out, _, report = runs[1e6]
     assert "stopped" not in report and (out / "stage3" / "last.pt").exists()
-    with pytest.raises(SelfTrainError, match="stop-density"):
-        run_selftrain(_config(tiny_data, stop_density=0.0), tmp_path / "bad", progress=False)
+    for bad, rounds in ((0.0, 2), (1.0, 1)):  # no limit at all; a limit with no round for it to stop
+        cfg = _config(tiny_data, stop_density=bad)
+        cfg.rounds = rounds
+        with pytest.raises(SelfTrainError, match="stop-density"):
+            run_selftrain(cfg, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_recurrence_reranks_the_proposals_before_the_thresholds_cut_them(tiny_data, tmp_path):

@@ -128,6 +128,8 @@ def test_soft_noisy_per_round_and_rerank_ablations_change_only_their_setting(tmp
     soft, noisy = ablation_config(main, "soft"), ablation_config(main, "noisy")
     once, again = ablation_config(main, "rounds-2"), ablation_config(main, "rounds-2-per-round")
     assert main.rounds == 1 and once.rounds == again.rounds == 2 and ablation_config(main, "rounds-3").rounds == 3
+    stop = ablation_config(main, "rounds-3-stop")
+    assert (stop.rounds, stop.stop_density, main.stop_density) == (3, 1.0, None)
     assert not main.threshold_rule.per_round and once.threshold_rule == main.threshold_rule
     assert again.threshold_rule == dataclasses.replace(main.threshold_rule, per_round=True)
     for name in ("rounds-2-per-round", "rounds-3"):
