@@ -300,6 +300,8 @@ def summarize(results: dict) -> dict:
 # --------------------------------------------------------------------------------------------- the run
 def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
     """Run (or resume) every step; returns the report (also written to ``out/report.json``)."""
+    from tal.data.annotations import read_json
+
     cfg.validate()
     out = Path(out)
     _check_inputs(cfg)
@@ -324,7 +326,8 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
                          f", ignore regions from {filt.ignore_threshold:.4g}")
                 write_pseudo_labels(cfg, ckpt, pl, filt, why, progress)
                 state.mark(step)
-            pseudo_counts[step] = {**_pseudo_counts(pl), **pseudo_label_density(cfg, pl)}
+            written = read_json(pl)  # parsed once for both counts: pseudo-label files can be large
+            pseudo_counts[step] = {**_pseudo_counts(written), **pseudo_label_density(cfg, written)}
             _log_density(step, pseudo_counts[step])
             if cfg.unlabeled_truth:
                 pseudo_counts[step]["quality"] = quality = pseudo_label_quality(pl, cfg.unlabeled_truth,
@@ -510,24 +513,21 @@ def _check_inputs(cfg: SelfTrainConfig) -> None:
         open_store(path, "r").close()
 
 
-def _pseudo_counts(path: Path) -> dict:
-    """The counts tal-pseudo recorded in the file's provenance (read as JSON: no need to parse every segment)."""
-    from tal.data.annotations import read_json
-
-    prov = read_json(path).get("provenance") or {}
+def _pseudo_counts(written: dict) -> dict:
+    """The counts tal-pseudo recorded in a pseudo-label file's provenance (``written``: the file as JSON)."""
+    prov = written.get("provenance") or {}
     return {k: prov.get(k) for k in ("videos", "segments", "fallback_videos", "empty_videos", "threshold",
                                      "ignore_threshold")}
 
 
-def pseudo_label_density(cfg: SelfTrainConfig, pl: Path) -> dict:
-    """Pseudo-labels per minute of unlabelled video beside the human labels per minute of labelled video (the
-    labels stage 1 trains on: the split's training classes, in the videos that hold one). Needs no truth: pseudo-
-    labels r times as dense as the human labels are at least 1 − 1/r false unless the unlabelled videos hold more
+def pseudo_label_density(cfg: SelfTrainConfig, written: dict) -> dict:
+    """Pseudo-labels per minute of unlabelled video (``written``: a pseudo-label file as JSON) beside the human
+    labels per minute of labelled video (the labels stage 1 trains on: the split's training classes, in the videos
+    that hold one). Needs no truth: pseudo-labels r times as dense as the human labels are at least 1 − 1/r false unless the unlabelled videos hold more
     actions per minute than the human labels mark (measured in docs/selftrain.md). Videos of unknown duration are
     left out; nothing is returned where either side has no minutes (or the labelled videos cannot be read as
     training reads them: a warning says why)."""
     from tal.crossfit import labelled_videos
-    from tal.data.annotations import read_json
     from tal.thresholds import ThresholdError
 
     try:
@@ -535,7 +535,7 @@ def pseudo_label_density(cfg: SelfTrainConfig, pl: Path) -> dict:
     except ThresholdError as e:
         log.warning("pseudo-label density not computed: %s", e)
         return {}
-    database = [e for e in read_json(pl)["database"].values()
+    database = [e for e in written["database"].values()
                 if e.get("duration") is not None and math.isfinite(e["duration"])]
     human_minutes = sum(v.duration for v in human) / 60
     minutes = sum(e["duration"] for e in database) / 60

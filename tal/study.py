@@ -42,7 +42,7 @@ from features.cli_support import Command
 from features.errors import StovtalError
 from tal.atomic import atomic_open, atomic_write_bytes, atomic_write_json
 from tal.crossfit import HELDOUT_PROPOSALS
-from tal.selftrain import SIMULATED_NOTE, PROTOCOL_ROWS, SelfTrainConfig, _lookup, recovered_share
+from tal.selftrain import SIMULATED_NOTE, PROTOCOL_ROWS, SelfTrainConfig, _lookup, recovered_share, stage_names
 
 log = logging.getLogger("tal.study")
 
@@ -226,8 +226,8 @@ def _selftrain(cfg: SelfTrainConfig, folder: Path, paths: dict, progress: bool) 
 
     cfg = dataclasses.replace(cfg, unlabeled_truth=str(paths["web_annotations"]))
     report = run_selftrain(cfg, folder, progress=progress)
-    keep = ("floor", "ceiling", "recovery", "counts", "threshold", "stopped")
-    return {k: v for k, v in report.items() if k in keep or (k.startswith("stage") and k[5:].isdigit())}
+    keep = ("floor", "ceiling", "recovery", "counts", "threshold", "stopped", *stage_names(report))
+    return {k: report[k] for k in keep if k in report}
 
 
 def false_positive_profiles(folder: Path, cfg: SelfTrainConfig, stages) -> dict:
@@ -515,8 +515,7 @@ def _stat(values) -> dict:
 
 
 def _last_stage(run: dict) -> dict:
-    names = sorted((k for k in run if k.startswith("stage") and k[5:].isdigit()), key=lambda k: int(k[5:]))
-    return run[names[-1]]
+    return run[stage_names(run)[-1]]
 
 
 def _quality_stats(qualities: list) -> dict:
@@ -629,7 +628,8 @@ def format_study(result: dict) -> str:
                  + "; τ per seed: " + ", ".join(f"{s}: {t:.3g}" for s, t in result["thresholds"].items() if t is not None))
     density = {s: d for s, d in result.get("pseudo_density", {}).items() if d is not None}
     if density:
-        lines.append("pseudo-labels per minute ÷ the human labels' instances per minute, per seed: "
+        lines.append("pseudo-labels per minute of unlabelled video ÷ human labels per minute of labelled video, "
+                     "per seed: "
                      + ", ".join(f"{s}: {d:.2f}" for s, d in density.items()))
     if "false_positives" in result:
         fp = result["false_positives"]
