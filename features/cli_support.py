@@ -47,3 +47,20 @@ class Command(click.Command):
 class Group(click.Group):
     def invoke(self, ctx):
         return _invoke_cleanly(super().invoke, ctx)
+
+
+class UnitOrAuto(click.ParamType):
+    """A number in [0, 1], or the word ``auto`` (a value the program chooses)."""
+
+    name = "auto|0..1"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, float):
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is None or not 0.0 <= number <= 1.0:
+            self.fail(f"{value!r} is neither auto nor a number in [0, 1]", param, ctx)
+        return number

@@ -61,10 +61,6 @@ def heldout_sample(run_cfg, inputs, out_dir, filter_cfg, *, folds: int = 2, alph
     ``inputs``: the training inputs of the stage the thresholds are for; its human labels are split into folds,
     its pseudo-labels (unlabelled videos only) go to every fold model. ``need_proposals``: a fold cached before
     its proposals were kept is redone (for ``--rerank auto``)."""
-    from tal.pseudo import filter_proposals
-    from tal.infer import iter_detections
-    from tal.train import train
-
     out_dir = Path(out_dir)
     labelled = labelled_videos(inputs)
     assignment = fold_assignment(sorted(labelled.videos), folds, seed)
@@ -76,27 +72,40 @@ def heldout_sample(run_cfg, inputs, out_dir, filter_cfg, *, folds: int = 2, alph
             samples.append(ScoreSample.from_dict(json.loads(cached.read_text())))
             continue
         train_ids = [v for j, part in enumerate(assignment) if j != k for v in part]
-        ann = fold_dir / "train.json"
-        write_official(labelled.restrict_videos(train_ids), ann)
-        fold_inputs = dataclasses.replace(inputs, annotations=[str(ann)])
         log.info("cross-fitting fold %d/%d: training on %d labelled videos, holding out %d", k + 1, folds,
                  len(train_ids), len(heldout))
-        ckpt = train(run_cfg, fold_inputs, fold_dir, resume=True, progress=progress)
-        proposals = {}
-        for vid, dets in iter_detections(inputs.features, ckpt, heldout, batch_size=8,
-                                         prefer_store=inputs.prefer_store):
-            video = labelled.videos[vid]
-            duration = video.duration if np.isfinite(video.duration) else max((d.end for d in dets), default=0.0)
-            segs = np.array([[d.start, d.end] for d in dets], np.float64).reshape(-1, 2)
-            result = filter_proposals(segs, [d.score for d in dets], duration,
-                                      dataclasses.replace(filter_cfg, threshold=0.0, ignore_threshold=None))
-            proposals[vid] = (result.segments, result.scores)
-        write_official(_proposal_set(labelled, proposals), proposals_file)
+        proposals = _fold_proposals(run_cfg, inputs, labelled.restrict_videos(train_ids), labelled, heldout,
+                                    fold_dir, filter_cfg, progress)
         instances = {vid: [[s.start, s.end] for s in labelled.videos[vid].segments] for vid in heldout}
         sample = match_proposals(instances, proposals, alpha)
         atomic_write_json(cached, sample.to_dict())
         samples.append(sample)
     return ScoreSample.concat(samples)
+
+
+def _fold_proposals(run_cfg, inputs, train_set: AnnotationSet, labelled: AnnotationSet, heldout: list[str],
+                    fold_dir: Path, filter_cfg, progress: bool) -> dict:
+    """Train a fold model on ``train_set`` (resumable in ``fold_dir``) and return its proposals on the
+    ``heldout`` videos, through the pseudo-label filters without a threshold: {video: (segments, scores)}; also
+    written to ``fold_dir/heldout_proposals.json``."""
+    from tal.infer import iter_detections
+    from tal.pseudo import filter_proposals
+    from tal.train import train
+
+    ann = fold_dir / "train.json"
+    write_official(train_set, ann)
+    ckpt = train(run_cfg, dataclasses.replace(inputs, annotations=[str(ann)]), fold_dir, resume=True,
+                 progress=progress)
+    proposals = {}
+    for vid, dets in iter_detections(inputs.features, ckpt, heldout, batch_size=8, prefer_store=inputs.prefer_store):
+        video = labelled.videos[vid]
+        duration = video.duration if np.isfinite(video.duration) else max((d.end for d in dets), default=0.0)
+        segs = np.array([[d.start, d.end] for d in dets], np.float64).reshape(-1, 2)
+        result = filter_proposals(segs, [d.score for d in dets], duration,
+                                  dataclasses.replace(filter_cfg, threshold=0.0, ignore_threshold=None))
+        proposals[vid] = (result.segments, result.scores)
+    write_official(_proposal_set(labelled, proposals), fold_dir / HELDOUT_PROPOSALS)
+    return proposals
 
 
 def _proposal_set(labelled: AnnotationSet, proposals: dict) -> AnnotationSet:
@@ -119,3 +128,65 @@ def heldout_evidence(inputs, out_dir, folds: int, floor: float = 0.0) -> tuple[A
             video.segments = [s for s in video.segments if s.score >= floor]
             proposals[vid] = video
     return labelled_videos(inputs).restrict_videos(list(proposals)), AnnotationSet(proposals)
+
+
+def class_folds(labelled: AnnotationSet, folds: int, seed: int) -> list[tuple[list[str], list[str], list[str]]]:
+    """The labelled classes dealt into ``folds`` by a seeded permutation; per fold (its held-out classes, the
+    videos holding none of them, the videos holding one)."""
+    classes = sorted({s.label for v in labelled.videos.values() for s in v.segments})
+    if len(classes) < folds:
+        raise ThresholdError(f"holding classes out in {folds} folds needs at least {folds} labelled classes, "
+                             f"got {len(classes)}")
+    order = np.random.default_rng(seed).permutation(len(classes))
+    out = []
+    for k in range(folds):
+        held = sorted(classes[i] for i in order[k::folds])
+        holds = {vid for vid, v in labelled.videos.items() if any(s.label in held for s in v.segments)}
+        out.append((held, sorted(set(labelled.videos) - holds), sorted(holds)))
+    return out
+
+
+def unseen_class_ap(run_cfg, inputs, out_dir, filter_cfg, *, folds: int = 2, alpha: float = 0.5, seed: int = 0,
+                    floor: float = 0.0, progress: bool = True) -> dict:
+    """How well the recipe finds actions of classes it never saw, as novel classes are for stage 1: per class
+    fold, a model trained on the labelled videos holding none of its classes proposes on those holding one, and
+    its class-agnostic AP at tIoU ``alpha`` is measured on the held-out classes' instances (proposals scoring
+    >= ``floor``; those matching an instance of another class are left out: neither right nor wrong). Returns
+    the mean AP over folds and each fold's; cached per fold (``OUT/fold<k>/unseen.json``)."""
+    from tal.data.annotations import VideoAnnotation
+    from tal.eval.detection import evaluate_detection, tiou_matrix
+    from tal.pseudo import agnostic_detections
+
+    out_dir = Path(out_dir)
+    labelled = labelled_videos(inputs)
+    per_fold = []
+    for k, (held, train_ids, heldout) in enumerate(class_folds(labelled, folds, seed)):
+        fold_dir = out_dir / f"fold{k}"
+        cached = fold_dir / "unseen.json"
+        if cached.exists():
+            per_fold.append(json.loads(cached.read_text()))
+            continue
+        if not train_ids:
+            raise ThresholdError(f"class fold {k + 1}/{folds}: every labelled video holds one of its held-out "
+                                 f"classes ({', '.join(held)}): nothing to train on")
+        log.info("class fold %d/%d: training on %d labelled videos without %s, proposing on the %d with them",
+                 k + 1, folds, len(train_ids), ", ".join(held), len(heldout))
+        proposals = _fold_proposals(run_cfg, inputs, labelled.restrict_videos(train_ids), labelled, heldout,
+                                    fold_dir, filter_cfg, progress)
+        truth, kept = {}, {}
+        for vid, (segs, scores) in proposals.items():
+            video = labelled.videos[vid]
+            others = np.array([[s.start, s.end] for s in video.segments if s.label not in held]).reshape(-1, 2)
+            keep = np.asarray(scores) >= floor
+            if len(others) and len(segs):
+                keep &= ~(tiou_matrix(others, segs) >= alpha).any(axis=0)
+            kept[vid] = (segs[keep], np.asarray(scores)[keep])
+            truth[vid] = VideoAnnotation(vid, video.subset, video.duration, video.fps,
+                                         [s for s in video.segments if s.label in held])
+        truth = AnnotationSet(truth)
+        ap = float(evaluate_detection(*agnostic_detections(truth, _proposal_set(labelled, kept)), [alpha]).average_mAP)
+        fold = {"held_out_classes": held, "train_videos": len(train_ids), "heldout_videos": len(heldout),
+                "instances": sum(len(v.segments) for v in truth.videos.values()), "ap": ap}
+        atomic_write_json(cached, fold)
+        per_fold.append(fold)
+    return {"ap": float(np.mean([f["ap"] for f in per_fold])), "tiou": alpha, "floor": floor, "folds": per_fold}

@@ -7,10 +7,10 @@ class look alike across videos, while what merely resembles an action is more va
 segment adds to its surroundings); over all proposals, PCA-whitened (:func:`whiten`: without it the directions
 that every segment shares dominate the cosine and recurrence ranks worse than chance) and L2-normalised; its
 **recurrence** is the mean cosine of its ``k`` nearest neighbours among the proposals of other videos
-(:func:`recurrence`). The two rankings are combined as the geometric mean of their percentiles
-(:func:`combined_order`), and the proposals keep stage 1's scores, handed out in the new order
-(:func:`transplant`): the count above any threshold, the weights' distribution and the held-out thresholds'
-meaning stay those of stage 1's scores; only which proposal holds which score changes.
+(:func:`recurrence`). The two rankings are combined as a weighted geometric mean of their percentiles
+(:func:`combined_order`; the weight: :func:`choose_weight`), and the proposals keep stage 1's scores, handed out in
+the new order (:func:`transplant`): the count above any threshold, the weights' distribution and the held-out
+thresholds' meaning stay those of stage 1's scores; only which proposal holds which score changes.
 
 Whether to re-rank is chosen from held-out labelled videos (:func:`choose_rerank`, ``tal-selftrain --rerank
 auto``): where look-alike background recurs as much as actions, recurrence ranks worse than the score.
@@ -39,10 +39,13 @@ class RecurrenceConfig:
     seed: int = 0
     chunk: int = 2048           # proposals per similarity block (memory: chunk x reference floats)
     fit: int = 20_000           # proposals (a seeded sample when there are more) the whitening is fitted on
+    weight: float = 0.5         # the recurrence's exponent in the combined ranking (the score's: 1 - weight)
 
     def __post_init__(self):
         if self.k < 1 or self.dims < 1 or self.reference < 2 or self.chunk < 1 or self.fit < 2:
             raise PseudoLabelError(f"recurrence needs k, dims, chunk >= 1 and reference, fit >= 2, got {self}")
+        if not 0.0 <= self.weight <= 1.0:
+            raise PseudoLabelError(f"the recurrence's weight in the ranking must lie in [0, 1], got {self.weight}")
 
 
 def segment_contents(rows: np.ndarray, grid_segments: np.ndarray) -> np.ndarray:
@@ -132,6 +135,23 @@ def recurrence(z: np.ndarray, owner: np.ndarray, cfg: RecurrenceConfig, progress
     return out
 
 
+# --recurrence-weight auto (measured in docs/selftrain.md): where the recipe finds actions of classes it never saw
+# (class-held-out folds, tal.crossfit.unseen_class_ap) about as well as those of classes it saw, the score ranks novel
+# actions as it ranks base ones and the two weigh the same; where it finds them at most UNSEEN_RATIO as well, the
+# score says little about novel actions and the recurrence weighs RECURRENCE_HEAVY.
+EQUAL_WEIGHT, RECURRENCE_HEAVY, UNSEEN_RATIO = 0.5, 0.8, 0.5
+
+
+def choose_weight(unseen_ap: float, seen_ap: float) -> dict:
+    """The recurrence's weight from the class-agnostic AP on held-out classes' instances (``unseen_ap``) and on
+    held-out videos of the classes trained on (``seen_ap``), and why."""
+    ratio = unseen_ap / seen_ap if seen_ap > 0 else None
+    weight = RECURRENCE_HEAVY if ratio is not None and ratio <= UNSEEN_RATIO else EQUAL_WEIGHT
+    return {"weight": weight, "unseen_ap": unseen_ap, "seen_ap": seen_ap, "ratio": ratio,
+            "rule": f"{RECURRENCE_HEAVY} where held-out classes' AP is at most {UNSEEN_RATIO} x the held-out videos' "
+                    f"AP of the trained classes, else {EQUAL_WEIGHT}"}
+
+
 def percentile(values: np.ndarray) -> np.ndarray:
     """(rank + 1) / N, ties sharing their mean rank (0-based ranks: the lowest value has 1 / N)."""
     order = np.argsort(values, kind="stable")
@@ -142,10 +162,12 @@ def percentile(values: np.ndarray) -> np.ndarray:
     return (sums / counts)[inverse] / len(values) + 1.0 / len(values)
 
 
-def combined_order(scores: np.ndarray, recur: np.ndarray) -> np.ndarray:
-    """Proposal indices, best first, by the geometric mean of the score's and the recurrence's percentiles
-    (ties: the higher score first)."""
-    combined = np.sqrt(percentile(scores) * percentile(recur))
+def combined_order(scores: np.ndarray, recur: np.ndarray, weight: float = 0.5) -> np.ndarray:
+    """Proposal indices, best first, by the weighted geometric mean of the score's and the recurrence's
+    percentiles, ``score^(1 - weight) * recurrence^weight`` (ties: the higher score first)."""
+    a, b = percentile(scores), percentile(recur)
+    # weight 0.5 as first released (sqrt), so that runs recorded before the weight existed reorder bit for bit
+    combined = np.sqrt(a * b) if weight == 0.5 else a ** (1.0 - weight) * b ** weight
     return np.lexsort((-scores, -combined))
 
 
@@ -208,7 +230,7 @@ def rerank_set(aset, stores, cfg: RecurrenceConfig = RecurrenceConfig(), progres
         for at, c in contents("segment contents (2/2)"):
             z[at:at + len(c)] = whitening.apply(c)
     recur = recurrence(z, owner, cfg, progress)
-    new = transplant(scores, combined_order(scores, recur))
+    new = transplant(scores, combined_order(scores, recur, cfg.weight))
     videos, at = {}, 0
     for vid, video in aset.videos.items():
         c = cands[vid]
@@ -217,7 +239,8 @@ def rerank_set(aset, stores, cfg: RecurrenceConfig = RecurrenceConfig(), progres
         at += len(c)
     moved = float(np.mean(np.abs(percentile(new) - percentile(scores))))
     done = {"method": "recurrence", "k": cfg.k, "dims": int(z.shape[1]), "reference": min(cfg.reference, len(z)),
-            "seed": cfg.seed, "candidates": int(len(z)), "videos": len(videos), "mean_rank_shift": round(moved, 4)}
+            "seed": cfg.seed, "weight": cfg.weight, "candidates": int(len(z)), "videos": len(videos),
+            "mean_rank_shift": round(moved, 4)}
     log.info("re-ranked %s: %d proposals of %d videos by score and recurrence (k %d, %d whitened dims), mean "
              "percentile shift %.3f", what, len(z), len(videos), cfg.k, z.shape[1], moved)
     return AnnotationSet(videos, dict(aset.provenance)), done

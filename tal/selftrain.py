@@ -12,6 +12,8 @@ Layout of ``OUT``::
     state.json              finished steps
     stage1/                 tal-train run directory (last.pt, config.yaml, log.csv, loss_curve.png)
     stage1/eval.json        protocol results of that stage (when test sets are given)
+    thresholds/             held-out evidence of fold models (tal.crossfit) and the thresholds chosen from it
+    unseen_classes/         --recurrence-weight auto: class-held-out fold models and the weight chosen
     pseudo_round1.json      pseudo-labels written by stage 1 for stage 2 (+ .parts/ while being written)
     stage2/ ...
     report.json, report.txt, map_per_stage.png
@@ -36,6 +38,7 @@ STATE_NAME = "state.json"
 RERANKS = ("recurrence", "score", "auto")
 CANDIDATE_FLOOR = 0.01  # the lowest score of a proposal that --rerank (or an oracle selection) may keep
 MISSING_TOLERANCE = 0.02  # share of annotated test videos that may be absent from the test store
+UNSEEN_DIR = "unseen_classes"  # --recurrence-weight auto: the class-held-out folds and the weight chosen
 SETTINGS_NAME = "selftrain.json"
 SIMULATED_NOTE = "SIMULATED DATA (tal.sim): figures show the method's behaviour, not real-video accuracy"
 
@@ -77,6 +80,9 @@ class SelfTrainConfig:
     # with how their content recurs across other unlabelled videos, tal.recurrence), "score" (stage k's alone) or
     # "auto" (the one that ranks the held-out labelled videos' proposals better; score without held-out folds)
     rerank: str = "recurrence"
+    # The recurrence's weight against the score's (1 - it) in that ranking, or "auto": chosen from how well stage 1's
+    # recipe finds actions of labelled classes held out of its training (recurrence_weight_choice)
+    recurrence_weight: float | str = "auto"
     # Rounds >= 2 stop before training on pseudo-labels more than this many times as dense per minute as the
     # human labels (pseudo_label_density); None: every round runs.
     stop_density: float | None = None
@@ -98,6 +104,9 @@ class SelfTrainConfig:
         if self.rerank == "auto" and self.threshold_rule is None:
             raise SelfTrainError("--rerank auto chooses on the held-out videos of the threshold rule: not with a "
                                  "fixed --threshold (give --rerank recurrence or score)")
+        if self.recurrence_weight != "auto" and not (isinstance(self.recurrence_weight, (int, float))
+                                                     and 0.0 <= self.recurrence_weight <= 1.0):
+            raise SelfTrainError(f"--recurrence-weight must be auto or lie in [0, 1], got {self.recurrence_weight!r}")
         if self.stop_density is not None and not self.stop_density > 0:
             raise SelfTrainError(f"--stop-density must be > 0, got {self.stop_density}")
         if self.stop_density is not None and self.rounds < 2:
@@ -128,6 +137,7 @@ class SelfTrainConfig:
             d["threshold_rule"] = ThresholdRule(**{"precision_of": "kept", "per_round": False, **d["threshold_rule"]})
         d["tests"] = [EvalSet(**t) for t in d.get("tests", [])]
         d.setdefault("rerank", "score")  # runs recorded before --rerank existed ranked by score
+        d.setdefault("recurrence_weight", 0.5)  # and those before --recurrence-weight weighed both alike
         return cls(**d)
 
 
@@ -320,6 +330,8 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
             pl = out / f"pseudo_round{stage - 1}.json"
             step = f"round{stage - 1}.pseudo"
             if not state.finished(step):
+                if cfg.rerank != "score":
+                    recurrence_weight_choice(cfg, state, out, progress)
                 filt, why = pseudo_filter(cfg, state, out, progress, stage - 1, pseudo_files)
                 log.info("%s: pseudo-labelling %s with %s (τ = %.4g%s)", step, cfg.unlabeled_features, ckpt,
                          filt.threshold, "" if filt.ignore_threshold is None else
@@ -393,16 +405,71 @@ def write_pseudo_labels(cfg: SelfTrainConfig, ckpt: Path, pl: Path, filt: Filter
     re-ranked (``<pl>.reranked.json``, :mod:`tal.recurrence`) and then cut by the same thresholds."""
     if why["ranking"] == "score":  # recorded as before --rerank existed, so that such runs' parts still resume
         pseudo_label_store(cfg.unlabeled_features, ckpt, pl, filt, progress=progress,
-                           provenance={k: v for k, v in why.items() if k != "ranking"})
+                           provenance={k: v for k, v in why.items() if k not in ("ranking", "recurrence_weight")})
         return
     from tal.pseudo import refilter
-    from tal.recurrence import RecurrenceConfig, rerank_candidates
+    from tal.recurrence import rerank_candidates
 
     cands, ranked = pl.with_suffix(".candidates.json"), pl.with_suffix(".reranked.json")
     pseudo_label_store(cfg.unlabeled_features, ckpt, cands, candidate_filter(filt), progress=progress)
-    rerank_candidates(cands, cfg.unlabeled_features, ranked, RecurrenceConfig(seed=cfg.seed), progress=progress)
+    rerank_candidates(cands, cfg.unlabeled_features, ranked, recurrence_config(cfg, pl.parent), progress=progress)
     stats = refilter(ranked, pl, filt, provenance=why)
     log.info("%s: %d pseudo-labels in %d videos after re-ranking", pl.name, stats.segments, stats.videos)
+
+
+def recurrence_config(cfg: SelfTrainConfig, out):
+    """How ``cfg`` re-ranks the unlabelled proposals by recurrence; with ``--recurrence-weight auto``, the weight
+    chosen for the run in ``out`` (:func:`recurrence_weight_choice`)."""
+    from tal.recurrence import RecurrenceConfig
+
+    return RecurrenceConfig(seed=cfg.seed, weight=_weight_record(cfg, out)["weight"])
+
+
+def _weight_record(cfg: SelfTrainConfig, out) -> dict:
+    if cfg.recurrence_weight != "auto":
+        return {"weight": float(cfg.recurrence_weight), "source": "given (--recurrence-weight)"}
+    path = Path(out) / UNSEEN_DIR / "choice.json"
+    if not path.exists():
+        raise SelfTrainError(f"{path}: the recurrence weight of this run has not been chosen yet")
+    return json.loads(path.read_text())
+
+
+def recurrence_weight_choice(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: bool) -> dict:
+    """``--recurrence-weight auto``: the weight from how well stage 1's recipe finds actions of classes it never
+    saw (``OUT/unseen_classes/``: class-held-out fold models, :func:`tal.crossfit.unseen_class_ap`) against how
+    well it finds those it saw on held-out videos (the threshold rule's fold models, ``OUT/thresholds/``,
+    trained here too under a fixed ``--threshold``); :func:`tal.recurrence.choose_weight`. Step
+    ``stage1.unseen``, cached in ``OUT/unseen_classes/choice.json``."""
+    if cfg.recurrence_weight != "auto" or state.finished("stage1.unseen"):
+        return _weight_record(cfg, out)
+    from tal.crossfit import heldout_evidence, heldout_sample, unseen_class_ap
+    from tal.eval.detection import evaluate_detection
+    from tal.pseudo import agnostic_detections
+    from tal.recurrence import EQUAL_WEIGHT, choose_weight
+    from tal.thresholds import ThresholdError
+
+    rule = cfg.threshold_rule or ThresholdRule()
+    run_cfg, inputs, folder = stage_run_config(cfg, later=False), stage_inputs(cfg), out / UNSEEN_DIR
+    try:
+        heldout_sample(run_cfg, inputs, out / "thresholds", cfg.filter, folds=rule.folds, alpha=rule.alpha,
+                       seed=cfg.seed, progress=progress)
+        truth, proposals = heldout_evidence(inputs, out / "thresholds", rule.folds, CANDIDATE_FLOOR)
+        seen = float(evaluate_detection(*agnostic_detections(truth, proposals), [rule.alpha]).average_mAP)
+        unseen = unseen_class_ap(run_cfg, inputs, folder, cfg.filter, folds=rule.folds, alpha=rule.alpha,
+                                 seed=cfg.seed, floor=CANDIDATE_FLOOR, progress=progress)
+    except ThresholdError as e:  # e.g. one labelled class: nothing to hold out
+        choice = {"weight": EQUAL_WEIGHT, "ratio": None, "source": "chosen (--recurrence-weight auto)",
+                  "rule": f"{EQUAL_WEIGHT} where classes cannot be held out: {e}"}
+        log.warning("recurrence weight %.2f: classes cannot be held out to choose it (%s)", EQUAL_WEIGHT, e)
+    else:
+        choice = {**choose_weight(unseen["ap"], seen), "source": "chosen (--recurrence-weight auto)",
+                  "class_folds": unseen["folds"], "tiou": rule.alpha}
+        log.info("recurrence weight %.2f: held-out classes' AP %.3f, held-out videos' AP %.3f (ratio %s)",
+                 choice["weight"], choice["unseen_ap"], seen,
+                 "undefined" if choice["ratio"] is None else f"{choice['ratio']:.2f}")
+    atomic_write_json(folder / "choice.json", choice)
+    state.mark("stage1.unseen")
+    return choice
 
 
 def candidate_filter(filt: FilterConfig) -> FilterConfig:
@@ -422,8 +489,9 @@ def pseudo_filter(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: 
     the stage they are for: stage 1's (``OUT/thresholds/``); with ``rule.per_round``, stage k's for round k
     (``OUT/thresholds_stage<k>/``: its recipe on the other folds' labels and ``model_pseudo``), else round 1's
     reused. Without a rule, ``cfg.filter``'s fixed ones."""
+    weight = {} if cfg.rerank == "score" else {"recurrence_weight": _weight_record(cfg, out)}
     if cfg.threshold_rule is None:
-        return cfg.filter, {"threshold_source": "fixed (--threshold)", "ranking": cfg.rerank}
+        return cfg.filter, {"threshold_source": "fixed (--threshold)", "ranking": cfg.rerank, **weight}
     from tal.crossfit import heldout_sample
     from tal.thresholds import ThresholdError, choose_thresholds
 
@@ -457,7 +525,7 @@ def pseudo_filter(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: 
     choice = json.loads(path.read_text())
     filt = replace(cfg.filter, threshold=choice["threshold"], ignore_threshold=choice.get("ignore_threshold"))
     why = {"threshold_source": f"chosen on held-out labelled videos for stage {k}'s recipe (tal.thresholds)",
-           "threshold_choice": choice, "ranking": cfg.rerank}
+           "threshold_choice": choice, "ranking": cfg.rerank, **weight}
     if cfg.rerank == "auto":
         sample()  # cached; redoes the held-out proposals of a run from before they were kept
         why["rerank_choice"] = rerank_choice(cfg, inputs, folder, progress)
@@ -469,13 +537,13 @@ def rerank_choice(cfg: SelfTrainConfig, inputs, folder: Path, progress: bool) ->
     """--rerank auto: score or recurrence, whichever ranks the fold models' held-out proposals better
     (``folder/rerank.json``, cached)."""
     from tal.crossfit import heldout_evidence
-    from tal.recurrence import RecurrenceConfig, choose_rerank
+    from tal.recurrence import choose_rerank
 
     path = folder / "rerank.json"
     if not path.exists():
         # the same pool as the unlabelled candidates: proposals down to CANDIDATE_FLOOR
         truth, proposals = heldout_evidence(inputs, folder, cfg.threshold_rule.folds, CANDIDATE_FLOOR)
-        choice = choose_rerank(truth, proposals, inputs.features, RecurrenceConfig(seed=cfg.seed),
+        choice = choose_rerank(truth, proposals, inputs.features, recurrence_config(cfg, folder.parent),
                                cfg.threshold_rule.alpha, progress, inputs.prefer_store, what=str(folder))
         atomic_write_json(path, choice)
         log.info("ranking of the unlabelled proposals: %s (held-out AP at tIoU %.2g: score %.3f, recurrence %.3f)",
@@ -593,6 +661,9 @@ def build_report(cfg: SelfTrainConfig, out: Path, stages: dict, pseudo_counts: d
         "out": str(out),
         **stages,
     }
+    if cfg.rerank != "score" and pseudo_counts:
+        weight = _weight_record(cfg, out)
+        report["recurrence_weight"] = {k: weight[k] for k in ("weight", "source", "ratio") if k in weight}
     if "ceiling" in stages:
         report["recovery"] = ceiling_recovery(report)
         if "floor" in stages:
@@ -673,6 +744,13 @@ def format_table(report: dict) -> str:
         lines.append(line)
         if details.get("density_ratio") is not None:
             lines.append(f"{step}: {density_text(details)}")
+    weight = report.get("recurrence_weight")
+    if weight:
+        line = f"re-ranking: the recurrence weighs {weight['weight']:g}, the score {1 - weight['weight']:g}"
+        if weight.get("ratio") is not None:
+            line += (f" (chosen: models trained without some labelled classes find them {weight['ratio']:.2f} x as "
+                     "well as the classes they trained on)")
+        lines.append(line)
     stop = report.get("stopped")
     if stop:
         lines.append(f"stopped before stage {stop['before_stage']}: {stop['step']}'s pseudo-labels are "

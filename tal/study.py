@@ -42,7 +42,8 @@ from features.cli_support import Command
 from features.errors import StovtalError
 from tal.atomic import atomic_open, atomic_write_bytes, atomic_write_json
 from tal.crossfit import HELDOUT_PROPOSALS
-from tal.selftrain import SIMULATED_NOTE, PROTOCOL_ROWS, SelfTrainConfig, _lookup, recovered_share, stage_names
+from tal.selftrain import (SIMULATED_NOTE, PROTOCOL_ROWS, UNSEEN_DIR, SelfTrainConfig, _lookup, recovered_share,
+                           recurrence_config, stage_names)
 
 log = logging.getLogger("tal.study")
 
@@ -69,6 +70,9 @@ ABLATIONS = {
     "rerank-score": ({"rerank": "score"}, "web proposals ranked by stage 1's score alone (the former default)"),
     "rerank-auto": ({"rerank": "auto"}, "web proposals re-ranked only where that ranks the held-out labelled "
                                         "videos' proposals better"),
+    "recurrence-0.5": ({"recurrence_weight": 0.5}, "re-ranking with the recurrence and the score weighing the same "
+                                                   "(the former default; auto chooses 0.5 or 0.8)"),
+    "recurrence-0.8": ({"recurrence_weight": 0.8}, "re-ranking with the recurrence weighing 0.8 and the score 0.2"),
     "ratio-0.5": ({"pseudo_ratio": 0.5}, "half the clips pseudo-labelled (natural share: 77 %)"),
     "rounds-2": ({"rounds": 2}, "a second round: stage 2 pseudo-labels, stage 3 trains"),
     "rounds-3": ({"rounds": 3}, "three rounds: stage 2 pseudo-labels, stage 3 trains, stage 3 pseudo-labels, stage 4 "
@@ -185,14 +189,19 @@ def run_task(out: Path, task: str, settings: StudySettings, progress: bool = Fal
 
 
 def _base(cfg: SelfTrainConfig, folder: Path, paths: dict, progress: bool) -> dict:
-    """What every run of a seed shares: stage 1, its evaluation and the pseudo-label thresholds it implies."""
-    from tal.selftrain import RunState, pseudo_filter, run_selftrain
+    """What every run of a seed shares: stage 1, its evaluation, the pseudo-label thresholds it implies and the
+    recurrence's weight in the ranking."""
+    from tal.selftrain import RunState, pseudo_filter, recurrence_weight_choice, run_selftrain
 
     first = dataclasses.replace(cfg, rounds=0, ceiling=False, floor=False)
     report = run_selftrain(first, folder, progress=progress)
-    filt, why = pseudo_filter(first, RunState(folder, first), folder, progress)
+    state = RunState(folder, first)
+    if first.rerank != "score":
+        recurrence_weight_choice(first, state, folder, progress)
+    filt, why = pseudo_filter(first, state, folder, progress)
     return {"stage1": report["stage1"], "counts": report["counts"], "threshold": filt.threshold,
-            "ignore_threshold": filt.ignore_threshold, "ranking": why["ranking"]}
+            "ignore_threshold": filt.ignore_threshold, "ranking": why["ranking"],
+            "recurrence_weight": why.get("recurrence_weight")}
 
 
 def task_dependencies(task: str) -> list[str]:
@@ -267,6 +276,9 @@ def share_stage1(src: Path, dst: Path, same_rule: bool) -> None:
     if same_rule:
         steps.append("stage1.thresholds")
         files.append("thresholds/choice.json")
+    if (src / UNSEEN_DIR / "choice.json").exists():  # the recurrence's weight: stage 1's recipe and folds decide it
+        steps.append("stage1.unseen")
+        files += [str(p.relative_to(src)) for p in sorted((src / UNSEEN_DIR).glob("**/*.json"))]
     _share(src, dst, steps, files)
 
 
@@ -312,7 +324,7 @@ def _shared_pseudo_labels(out, kind, seed, cfg, paths, base_dir: Path, progress)
     else:
         pseudo_label_store(store, stage1, folder / "candidates.json", candidate_filter(filt), progress=progress)
         if kind == "tau-pl":
-            _rerank(folder / "candidates.json", store, pl, cfg, progress)
+            _rerank(folder / "candidates.json", store, pl, cfg, base_dir, progress)
         else:
             pl = folder / "candidates.json"
     return {"file": str(pl), "store": str(store), "threshold": filt.threshold, "ranking": ranking}
@@ -324,10 +336,12 @@ def _ranking(cfg: SelfTrainConfig, base: dict) -> str:
     return base.get("ranking", cfg.rerank)
 
 
-def _rerank(candidates: Path, store, out: Path, cfg: SelfTrainConfig, progress: bool, limit=None) -> None:
-    from tal.recurrence import RecurrenceConfig, rerank_candidates
+def _rerank(candidates: Path, store, out: Path, cfg: SelfTrainConfig, base_dir: Path, progress: bool,
+            limit=None) -> None:
+    """Re-rank as the main run does (with ``--recurrence-weight auto``, the weight the seed's base task chose)."""
+    from tal.recurrence import rerank_candidates
 
-    rerank_candidates(candidates, store, out, RecurrenceConfig(seed=cfg.seed), progress=progress, limit=limit)
+    rerank_candidates(candidates, store, out, recurrence_config(cfg, base_dir), progress=progress, limit=limit)
 
 
 def _chosen_filter(cfg: SelfTrainConfig, base: dict):
@@ -376,7 +390,7 @@ def _stage2_variant(out, kind, seed, arg, cfg, base_dir: Path, paths, progress) 
     ranking = source.get("ranking", "score")
     ranked = ranking != "score" and kind == "scale"  # tau-pl's file is re-ranked already
     if ranked and not (folder / "reranked.json").exists():  # among the first N videos only, as a store of N would
-        _rerank(Path(source["file"]), source["store"], folder / "reranked.json", cfg, progress, limit=n)
+        _rerank(Path(source["file"]), source["store"], folder / "reranked.json", cfg, base_dir, progress, limit=n)
     if not pl.exists():
         refilter(folder / "reranked.json" if ranked else source["file"], pl, filt, limit=n)
     summary = _stage2_on(cfg, folder, pl, stage1, truth, progress)
@@ -555,6 +569,8 @@ def collect(out: Path, settings: StudySettings) -> dict:
     result["thresholds"] = {s: r.get("threshold") for s, r in mains.items()}
     result["pseudo_density"] = {s: r["counts"]["pseudo_label_details"]["round1.pseudo"].get("density_ratio")
                                 for s, r in mains.items()}
+    bases = {s: load(f"base:{s}") for s in mains}
+    result["recurrence_weight"] = {s: b.get("recurrence_weight") for s, b in bases.items() if b}
     profiles = [r["false_positives"] for r in mains.values() if "false_positives" in r]
     if profiles:
         result["false_positives"] = {
@@ -620,6 +636,12 @@ def format_study(result: dict) -> str:
     r = result["stage1_novel_base_ratio"]
     lines += ["", f"stage 1 generalized novel / base mAP: {r['mean']:.3f} ± {r['std']:.3f} (per seed: "
               + ", ".join(f"{s}: {v:.3f}" for s, v in r["per_seed"].items()) + "; real THUMOS14 ≈ 0.40–0.42)"]
+    weights = {s: w for s, w in result.get("recurrence_weight", {}).items() if w}
+    if weights:
+        lines.append("recurrence weight in the ranking: " + ", ".join(
+            f"{s}: {w['weight']:g}" + ("" if w.get("ratio") is None else
+                                       f" (held-out classes' AP ÷ held-out videos' AP {w['ratio']:.2f})")
+            for s, w in weights.items()))
     q = result["pseudo_quality"]
     lines.append(f"pseudo-labels (round 1, tIoU 0.5): precision {q['precision@0.5']['mean']:.3f} ± "
                  f"{q['precision@0.5']['std']:.3f}, recall {q['recall@0.5']['mean']:.3f} ± {q['recall@0.5']['std']:.3f}"

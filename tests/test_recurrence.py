@@ -29,6 +29,33 @@ def test_percentile_shares_ties_and_transplant_keeps_the_scores():
     assert new[order].tolist() == sorted(scores, reverse=True)
 
 
+def test_the_recurrence_weight_moves_the_order_from_the_score_to_the_recurrence():
+    from tal.pseudo import PseudoLabelError
+
+    scores = np.array([0.9, 0.05, 0.4, 0.2, 0.6])
+    recur = np.array([0.0, 0.9, 0.8, 0.1, 0.5])
+    assert combined_order(scores, recur, 0.0).tolist() == [0, 4, 2, 3, 1]  # the score alone
+    assert combined_order(scores, recur, 1.0).tolist() == [1, 2, 4, 3, 0]  # the recurrence alone
+    # 0.8: 0.4 (60 % / 80 %) before 0.6 (80 % / 60 %), which tie at 0.5; 0.05 (20 % / 100 %) passes both 0.6
+    # and 0.2, and 0.9 (100 % / 20 %), second at 0.5, falls to the end
+    assert combined_order(scores, recur, 0.8).tolist() == [2, 1, 4, 3, 0]
+    assert combined_order(scores, recur, 0.5).tolist() == combined_order(scores, recur).tolist() == [4, 2, 0, 1, 3]
+    for bad in (-0.1, 1.5):
+        with pytest.raises(PseudoLabelError, match=f"weight in the ranking must lie in \\[0, 1\\], got {bad}"):
+            RecurrenceConfig(weight=bad)
+
+
+def test_the_automatic_weight_leans_on_the_recurrence_where_unseen_classes_are_missed():
+    from tal.recurrence import EQUAL_WEIGHT, RECURRENCE_HEAVY, UNSEEN_RATIO, choose_weight
+
+    missed = choose_weight(0.1, 0.5)  # held-out classes found a fifth as well as trained ones
+    assert missed["weight"] == RECURRENCE_HEAVY == 0.8 and missed["ratio"] == pytest.approx(0.2)
+    assert choose_weight(0.5, 0.5)["weight"] == choose_weight(0.31, 0.5)["weight"] == EQUAL_WEIGHT == 0.5
+    assert choose_weight(UNSEEN_RATIO * 0.5, 0.5)["weight"] == RECURRENCE_HEAVY  # the limit itself leans
+    nothing = choose_weight(0.0, 0.0)  # the recipe finds nothing even of its own classes: no evidence either way
+    assert nothing["weight"] == EQUAL_WEIGHT and nothing["ratio"] is None
+
+
 def test_segment_contents_is_what_a_segment_adds_to_its_surroundings():
     rng = np.random.default_rng(0)
     base = rng.normal(size=16)
@@ -128,7 +155,7 @@ def test_rerank_gives_the_high_scores_to_recurring_segments_of_a_real_store(tmp_
     done = rerank_candidates(tmp_path / "cands.json", tmp_path / "web.zarr", tmp_path / "ranked.json",
                              RecurrenceConfig(k=5, dims=16), progress=False)
     ranked = load_annotations(tmp_path / "ranked.json")
-    assert done["candidates"] == 90 and done["videos"] == 30
+    assert done["candidates"] == 90 and done["videos"] == 30 and done["weight"] == 0.5
     assert json.loads((tmp_path / "ranked.json").read_text())["provenance"]["rerank"] == done
     before = sorted(s.score for v in videos.videos.values() for s in v.segments) + [0.02] * 30
     assert sorted(s.score for v in ranked.videos.values() for s in v.segments) == pytest.approx(sorted(before))

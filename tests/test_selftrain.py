@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
-from test_pseudo import TINY_CLASSES, TINY_SETS, make_labelled_and_web, make_tiny_store
+from test_pseudo import TINY_CLASSES, TINY_SETS, TINY_SPLIT, make_labelled_and_web, make_tiny_store
 
 from tal.pseudo import FilterConfig, pseudo_label_quality
 from tal.selftrain import (PROTOCOL_ROWS, EvalSet, RunState, SelfTrainConfig, SelfTrainError, _lookup, evaluate_stage,
@@ -39,6 +40,7 @@ def tiny_data(tmp_path_factory):
 
 
 def _config(root, **kw) -> SelfTrainConfig:
+    kw.setdefault("recurrence_weight", 0.5)  # auto trains class-held-out fold models: chosen_run's test below
     return SelfTrainConfig(
         [str(root / "lab.zarr")], [str(root / "lab.json")], str(root / "web.zarr"), rounds=1,
         filter=FilterConfig(threshold=0.1), threshold_rule=None, split=str(root / "split.json"), preset="small",
@@ -229,9 +231,42 @@ def chosen_run(tiny_data, tmp_path_factory):
     """The default rule (thresholds from cross-fitted stage-1 models), with the web truth, a ceiling and a floor;
     the ranking chosen on the held-out proposals (--rerank auto)."""
     out = tmp_path_factory.mktemp("st_chosen") / "run"
-    cfg = _config(tiny_data, unlabeled_truth=str(tiny_data / "web.json"), ceiling=True, floor=True, rerank="auto")
+    cfg = _config(tiny_data, unlabeled_truth=str(tiny_data / "web.json"), ceiling=True, floor=True, rerank="auto",
+                  recurrence_weight="auto")
     cfg.threshold_rule = ThresholdRule(precision=0.5, recall=0.9)
     return out, run_selftrain(cfg, out, progress=False)
+
+
+def test_the_recurrence_weight_is_chosen_on_class_held_out_folds(chosen_run, tiny_data):
+    from tal.crossfit import heldout_evidence
+    from tal.eval.detection import evaluate_detection
+    from tal.pseudo import agnostic_detections
+    from tal.selftrain import CANDIDATE_FLOOR, stage_inputs
+
+    out, report = chosen_run
+    choice = json.loads((out / "unseen_classes" / "choice.json").read_text())
+    assert report["recurrence_weight"] == {k: choice[k] for k in ("weight", "source", "ratio")}
+    assert f"the recurrence weighs {choice['weight']:g}, the score {1 - choice['weight']:g} (chosen: models trained " \
+           f"without some labelled classes find them {choice['ratio']:.2f} x as well" in format_table(report)
+    folds = [json.loads((out / "unseen_classes" / f"fold{k}" / "unseen.json").read_text()) for k in range(2)]
+    assert choice["class_folds"] == folds and choice["unseen_ap"] == pytest.approx(np.mean([f["ap"] for f in folds]))
+    assert sorted(c for f in folds for c in f["held_out_classes"]) == sorted(TINY_SPLIT["base"])
+    for k, fold in enumerate(folds):  # each fold model trained only on videos without its held-out classes
+        trained = json.loads((out / "unseen_classes" / f"fold{k}" / "train.json").read_text())["database"]
+        assert fold["train_videos"] == len(trained) > 0 and fold["instances"] > 0
+        assert not {a["label"] for v in trained.values() for a in v["annotations"]} & set(fold["held_out_classes"])
+    # against the threshold folds' held-out videos, all of whose classes their models trained on
+    truth, proposals = heldout_evidence(stage_inputs(_config(tiny_data)), out / "thresholds", 2, CANDIDATE_FLOOR)
+    seen = evaluate_detection(*agnostic_detections(truth, proposals), [0.5]).average_mAP
+    assert seen > 0 and choice["seen_ap"] == pytest.approx(seen)
+    assert choice["ratio"] == pytest.approx(choice["unseen_ap"] / seen)
+    assert choice["weight"] == (0.8 if choice["ratio"] <= 0.5 else 0.5)  # tal.recurrence.choose_weight
+    state = json.loads((out / "state.json").read_text())["done"]
+    assert state.index("stage1.unseen") < state.index("round1.pseudo")
+    prov = json.loads((out / "pseudo_round1.json").read_text())["provenance"]
+    if prov["ranking"] == "recurrence":  # (--rerank auto may have kept the score's order)
+        assert prov["recurrence_weight"] == choice
+        assert prov["rerank"]["weight"] == choice["weight"]
 
 
 def test_thresholds_chosen_on_held_out_videos_are_recorded_with_why(chosen_run):
@@ -267,8 +302,9 @@ def test_auto_ranking_is_chosen_on_the_held_out_proposals_and_recorded(chosen_ru
     assert sorted(proposals.videos) == sorted(truth.videos) and len(truth.videos) == 24
     # on the proposals the unlabelled candidates are cut at: none below CANDIDATE_FLOOR
     assert min(s.score for v in proposals.videos.values() for s in v.segments) >= CANDIDATE_FLOOR
-    assert choice == choose_rerank(truth, proposals, [str(tiny_data / "lab.zarr")], RecurrenceConfig(seed=0),
-                                   progress=False, what=str(out / "thresholds"))
+    weight = json.loads((out / "unseen_classes" / "choice.json").read_text())["weight"]  # (the run's: auto)
+    assert choice == choose_rerank(truth, proposals, [str(tiny_data / "lab.zarr")],
+                                   RecurrenceConfig(seed=0, weight=weight), progress=False, what=str(out / "thresholds"))
     assert choice["chosen"] == max(("score", "recurrence"), key=lambda k: (choice["heldout_ap"][k], k == "score"))
     assert (out / "pseudo_round1.reranked.json").exists() == (choice["chosen"] == "recurrence")
 
@@ -382,7 +418,7 @@ def test_recurrence_reranks_the_proposals_before_the_thresholds_cut_them(tiny_da
     from tal.selftrain import CANDIDATE_FLOOR
 
     out = tmp_path / "run"
-    cfg = _config(tiny_data, rerank="recurrence")
+    cfg = _config(tiny_data, rerank="recurrence", recurrence_weight=0.8)
     cfg.tests = []
     run_selftrain(cfg, out, progress=False)
     cands = load_annotations(out / "pseudo_round1.candidates.json")
@@ -393,7 +429,7 @@ def test_recurrence_reranks_the_proposals_before_the_thresholds_cut_them(tiny_da
     # every candidate keeps a place; the scores are the same, handed out in the new order
     assert sorted(s.score for v in ranked.videos.values() for s in v.segments) == pytest.approx(sorted(scores))
     assert ranked.provenance["rerank"]["method"] == "recurrence"
-    assert ranked.provenance["rerank"]["candidates"] == len(scores)
+    assert ranked.provenance["rerank"]["candidates"] == len(scores) and ranked.provenance["rerank"]["weight"] == 0.8
     # the pseudo-labels are the re-ranked candidates cut by the same filter, and say so
     refilter(out / "pseudo_round1.reranked.json", tmp_path / "again.json", cfg.filter)
     pl = json.loads((out / "pseudo_round1.json").read_text())
@@ -411,9 +447,10 @@ def test_a_run_recorded_before_precision_of_existed_resumes_with_the_rule_it_use
     del recorded["threshold_rule"]["precision_of"]  # as such runs wrote it: the kept set's precision was the rule
     del recorded["threshold_rule"]["per_round"]  # and round 1's thresholds were reused
     del recorded["rerank"]  # and the proposals were ranked by score
+    del recorded["recurrence_weight"]  # (re-ranked runs weighed the recurrence as the score, 0.5)
     old = SelfTrainConfig.from_dict(recorded)
     assert old.threshold_rule.precision_of == "kept" and old.threshold_rule.per_round is False
-    assert old.rerank == "score"
+    assert old.rerank == "score" and old.recurrence_weight == 0.5
     # such a run directory resumes with today's equivalent settings, and is still refused with other ones
     out = tmp_path / "run"
     out.mkdir()
@@ -432,6 +469,8 @@ def test_a_run_recorded_before_precision_of_existed_resumes_with_the_rule_it_use
 def test_auto_ranking_without_held_out_folds_is_refused(tiny_data, tmp_path):
     with pytest.raises(SelfTrainError, match="--rerank auto chooses on the held-out videos of the threshold rule"):
         run_selftrain(_config(tiny_data, rerank="auto"), tmp_path / "run", progress=False)
+    with pytest.raises(SelfTrainError, match=r"--recurrence-weight must be auto or lie in \[0, 1\], got 1.5"):
+        run_selftrain(_config(tiny_data, recurrence_weight=1.5), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tal.crossfit import fold_assignment
+from tal.crossfit import class_folds, fold_assignment
 from tal.thresholds import (ScoreSample, ThresholdError, ThresholdRule, choose_thresholds, local_precision,
                             match_proposals, operating_point, threshold_for_local_precision, threshold_for_precision,
                             threshold_for_recall)
@@ -127,3 +127,21 @@ def test_folds_partition_the_videos_and_depend_on_the_seed():
     assert fold_assignment(ids, 3, seed=0) == folds and fold_assignment(ids, 3, seed=1) != folds
     with pytest.raises(ThresholdError, match="at least 3"):
         fold_assignment(ids[:2], 3, seed=0)
+
+
+def test_class_folds_hold_each_class_out_once_with_the_videos_that_show_it():
+    from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation
+
+    labels = {"a": ["jump"], "b": ["throw"], "c": ["swim", "jump"], "d": ["climb"], "e": ["swim"], "f": ["throw"]}
+    labelled = AnnotationSet({vid: VideoAnnotation(vid, "training", 10.0, 30.0,
+                                                   [Segment(i, i + 1.0, c) for i, c in enumerate(cs)])
+                              for vid, cs in labels.items()})
+    folds = class_folds(labelled, 2, seed=0)
+    assert sorted(c for held, _, _ in folds for c in held) == ["climb", "jump", "swim", "throw"]
+    for held, train_ids, heldout in folds:
+        assert sorted(train_ids + heldout) == sorted(labels)
+        assert all(not set(labels[v]) & set(held) for v in train_ids)  # never trained on a held-out class
+        assert all(set(labels[v]) & set(held) for v in heldout)
+    assert class_folds(labelled, 2, seed=0) == folds
+    with pytest.raises(ThresholdError, match="at least 5 labelled classes, got 4"):
+        class_folds(labelled, 5, seed=0)

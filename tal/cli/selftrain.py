@@ -12,7 +12,7 @@ import logging
 
 import click
 
-from features.cli_support import Command
+from features.cli_support import Command, UnitOrAuto
 from tal.config import PRESETS
 from tal.selftrain import RERANKS, SelfTrainConfig
 from tal.thresholds import PRECISION_OF, ThresholdRule
@@ -59,6 +59,11 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
               help="Order of the unlabelled proposals before the thresholds cut them: the localizer's score combined "
                    "with how their content recurs across other unlabelled videos, the score alone, or (auto) the one "
                    "that ranks the held-out labelled videos' proposals better (score with a fixed --threshold).")
+@click.option("--recurrence-weight", default=SelfTrainConfig.recurrence_weight, show_default=True,
+              type=UnitOrAuto(),
+              help="Re-ranking: the recurrence's weight in the combined ranking (the score's: 1 minus it), or auto: "
+                   "0.8 where stage 1's recipe finds labelled classes held out of its training at most half as well "
+                   "as the classes it trained on (two class-held-out fold models), else 0.5.")
 @click.option("--folds", default=2, show_default=True, type=click.IntRange(min=2),
               help="Cross-fitting folds for choosing τ.")
 @click.option("--top-k", default=None, type=click.IntRange(min=1), help="At most K pseudo-labels per video.")
@@ -104,7 +109,7 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
 @click.option("--simulated", is_flag=True, help="Label every output as simulated data.")
 @click.option("--no-progress", is_flag=True)
 def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds, stop_density, threshold,
-         ignore_threshold, target_precision, precision_of, target_recall, thresholds_per_round, rerank, folds, top_k,
+         ignore_threshold, target_precision, precision_of, target_recall, thresholds_per_round, rerank, recurrence_weight, folds, top_k,
          dedup_iou, min_duration, split, classes, subset, prefer_store, preset, overrides, later_overrides, seed, init,
          pseudo_ratio, pseudo_weight, test_features, test_annotations, cross_features, cross_annotations, test_subset,
          vocab, skip_missing, unlabeled_truth, ceiling, floor, simulated, no_progress):
@@ -136,7 +141,7 @@ def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds,
                           filter=filt, threshold_rule=rule, split=split, classes=classes, subset=subset,
                           preset=preset, overrides=list(overrides), later_overrides=list(later_overrides), seed=seed,
                           init=init, pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, tests=tests, vocab=vocab,
-                          rerank=rerank, stop_density=stop_density,
+                          rerank=rerank, recurrence_weight=recurrence_weight, stop_density=stop_density,
                           simulated=simulated, prefer_store=prefer_store, skip_missing=skip_missing,
                           unlabeled_truth=unlabeled_truth, ceiling=ceiling, floor=floor)
     report = run_selftrain(cfg, out, progress=not no_progress)
