@@ -192,7 +192,10 @@ def _differing(keys, found: dict, wanted: dict) -> list[str]:
 
 def _comparable(d: dict) -> dict:
     # JSON round trip so that tuples/lists and ints/floats compare as they are stored.
-    return json.loads(json.dumps(d))
+    d = json.loads(json.dumps(d))
+    if d.get("rerank") == "score":  # the recurrence's weight means nothing there (runs from before it resume)
+        d["recurrence_weight"] = None
+    return d
 
 
 # --------------------------------------------------------------------------------------------- steps
@@ -442,7 +445,7 @@ def recurrence_weight_choice(cfg: SelfTrainConfig, state: "RunState", out: Path,
     ``stage1.unseen``, cached in ``OUT/unseen_classes/choice.json``."""
     if cfg.recurrence_weight != "auto" or state.finished("stage1.unseen"):
         return _weight_record(cfg, out)
-    from tal.crossfit import heldout_evidence, heldout_sample, unseen_class_ap
+    from tal.crossfit import class_folds, heldout_evidence, heldout_sample, labelled_videos, unseen_class_ap
     from tal.eval.detection import evaluate_detection
     from tal.pseudo import agnostic_detections
     from tal.recurrence import EQUAL_WEIGHT, choose_weight
@@ -451,17 +454,29 @@ def recurrence_weight_choice(cfg: SelfTrainConfig, state: "RunState", out: Path,
     rule = cfg.threshold_rule or ThresholdRule()
     run_cfg, inputs, folder = stage_run_config(cfg, later=False), stage_inputs(cfg), out / UNSEEN_DIR
     try:
-        heldout_sample(run_cfg, inputs, out / "thresholds", cfg.filter, folds=rule.folds, alpha=rule.alpha,
-                       seed=cfg.seed, progress=progress)
-        truth, proposals = heldout_evidence(inputs, out / "thresholds", rule.folds, CANDIDATE_FLOOR)
-        seen = float(evaluate_detection(*agnostic_detections(truth, proposals), [rule.alpha]).average_mAP)
-        unseen = unseen_class_ap(run_cfg, inputs, folder, cfg.filter, folds=rule.folds, alpha=rule.alpha,
-                                 seed=cfg.seed, floor=CANDIDATE_FLOOR, progress=progress)
-    except ThresholdError as e:  # e.g. one labelled class: nothing to hold out
+        labelled = labelled_videos(inputs)
+    except ThresholdError as e:
+        raise SelfTrainError(f"{folder}: {e}") from None
+    try:
+        folds = class_folds(labelled, rule.folds, cfg.seed)
+        why_not = next((f"every labelled video holds one of the classes {', '.join(held)}" for held, train_ids, _
+                        in folds if not train_ids), None)
+    except ThresholdError as e:  # fewer labelled classes than folds: nothing to hold out
+        why_not = str(e)
+    if why_not:
         choice = {"weight": EQUAL_WEIGHT, "ratio": None, "source": "chosen (--recurrence-weight auto)",
-                  "rule": f"{EQUAL_WEIGHT} where classes cannot be held out: {e}"}
-        log.warning("recurrence weight %.2f: classes cannot be held out to choose it (%s)", EQUAL_WEIGHT, e)
+                  "rule": f"{EQUAL_WEIGHT} where classes cannot be held out: {why_not}"}
+        log.warning("recurrence weight %.2f: classes cannot be held out to choose it (%s)", EQUAL_WEIGHT, why_not)
     else:
+        try:
+            heldout_sample(run_cfg, inputs, out / "thresholds", cfg.filter, folds=rule.folds, alpha=rule.alpha,
+                           seed=cfg.seed, progress=progress, need_proposals=True)
+            truth, proposals = heldout_evidence(inputs, out / "thresholds", rule.folds, CANDIDATE_FLOOR)
+            seen = float(evaluate_detection(*agnostic_detections(truth, proposals), [rule.alpha]).average_mAP)
+            unseen = unseen_class_ap(run_cfg, inputs, folder, cfg.filter, folds=rule.folds, alpha=rule.alpha,
+                                     seed=cfg.seed, floor=CANDIDATE_FLOOR, progress=progress)
+        except ThresholdError as e:
+            raise SelfTrainError(f"{folder}: {e}") from None
         choice = {**choose_weight(unseen["ap"], seen), "source": "chosen (--recurrence-weight auto)",
                   "class_folds": unseen["folds"], "tiou": rule.alpha}
         log.info("recurrence weight %.2f: held-out classes' AP %.3f, held-out videos' AP %.3f (ratio %s)",
@@ -661,7 +676,7 @@ def build_report(cfg: SelfTrainConfig, out: Path, stages: dict, pseudo_counts: d
         "out": str(out),
         **stages,
     }
-    if cfg.rerank != "score" and pseudo_counts:
+    if (out / "pseudo_round1.reranked.json").exists():  # re-ranked (--rerank auto may have kept the score's order)
         weight = _weight_record(cfg, out)
         report["recurrence_weight"] = {k: weight[k] for k in ("weight", "source", "ratio") if k in weight}
     if "ceiling" in stages:

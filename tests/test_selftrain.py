@@ -1,5 +1,6 @@
 """tal-selftrain end to end on tiny real stores: stage table, resumption after SIGKILL, refused settings."""
 
+import dataclasses
 import json
 import math
 import os
@@ -457,6 +458,7 @@ def test_a_run_recorded_before_precision_of_existed_resumes_with_the_rule_it_use
     (out / "selftrain.json").write_text(json.dumps(recorded))
     cfg.threshold_rule, cfg.rerank = ThresholdRule(precision_of="kept"), "score"
     RunState(out, cfg)
+    RunState(out, dataclasses.replace(cfg, recurrence_weight="auto"))  # today's default: no weight where no re-ranking
     other = _config(tiny_data, init="ema", rerank="score")
     other.threshold_rule = cfg.threshold_rule
     with pytest.raises(SelfTrainError, match=r"other settings \(init: 'none' recorded, 'ema' given\)"):

@@ -139,9 +139,11 @@ def test_soft_noisy_per_round_and_rerank_ablations_change_only_their_setting(tmp
     assert (main.rerank, by_score.rerank, by_auto.rerank) == ("recurrence", "score", "auto")
     assert dataclasses.replace(by_score, rerank="recurrence") == dataclasses.replace(by_auto, rerank="recurrence") == \
         dataclasses.replace(main, ceiling=False, floor=False)
-    weighted = ablation_config(main, "recurrence-0.8")
-    assert (main.recurrence_weight, weighted.recurrence_weight) == (0.5, 0.8)
-    assert dataclasses.replace(weighted, recurrence_weight=0.5) == dataclasses.replace(main, ceiling=False, floor=False)
+    equal, heavy = ablation_config(main, "recurrence-0.5"), ablation_config(main, "recurrence-0.8")
+    assert (main.recurrence_weight, equal.recurrence_weight, heavy.recurrence_weight) == ("auto", 0.5, 0.8)
+    for fixed in (equal, heavy):  # the two weights auto chooses between, nothing else changed
+        assert dataclasses.replace(fixed, recurrence_weight="auto") == dataclasses.replace(main, ceiling=False,
+                                                                                         floor=False)
     assert soft.pseudo_weight == "soft"
     assert noisy.later_overrides == list(main.later_overrides) + ["model.dropout=0.1", "model.droppath=0.3"]
     for variant in (soft, noisy):

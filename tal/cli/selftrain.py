@@ -63,7 +63,7 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
               type=UnitOrAuto(),
               help="Re-ranking: the recurrence's weight in the combined ranking (the score's: 1 minus it), or auto: "
                    "0.8 where stage 1's recipe finds labelled classes held out of its training at most half as well "
-                   "as the classes it trained on (two class-held-out fold models), else 0.5.")
+                   "as the classes it trained on (class-held-out fold models, --folds of them), else 0.5.")
 @click.option("--folds", default=2, show_default=True, type=click.IntRange(min=2),
               help="Cross-fitting folds for choosing τ.")
 @click.option("--top-k", default=None, type=click.IntRange(min=1), help="At most K pseudo-labels per video.")
