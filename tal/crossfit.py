@@ -154,8 +154,8 @@ def unseen_class_ap(run_cfg, inputs, out_dir, filter_cfg, *, folds: int = 2, alp
     >= ``floor``; those matching an instance of another class are left out: neither right nor wrong). Returns
     the mean AP over folds and each fold's; cached per fold (``OUT/fold<k>/unseen.json``)."""
     from tal.data.annotations import VideoAnnotation
-    from tal.eval.detection import evaluate_detection, tiou_matrix
-    from tal.pseudo import agnostic_detections
+    from tal.eval.detection import tiou_matrix
+    from tal.pseudo import agnostic_ap
 
     out_dir = Path(out_dir)
     labelled = labelled_videos(inputs)
@@ -184,7 +184,7 @@ def unseen_class_ap(run_cfg, inputs, out_dir, filter_cfg, *, folds: int = 2, alp
             truth[vid] = VideoAnnotation(vid, video.subset, video.duration, video.fps,
                                          [s for s in video.segments if s.label in held])
         truth = AnnotationSet(truth)
-        ap = float(evaluate_detection(*agnostic_detections(truth, _proposal_set(labelled, kept)), [alpha]).average_mAP)
+        ap = agnostic_ap(truth, _proposal_set(labelled, kept), alpha)
         fold = {"held_out_classes": held, "train_videos": len(train_ids), "heldout_videos": len(heldout),
                 "instances": sum(len(v.segments) for v in truth.videos.values()), "ap": ap}
         atomic_write_json(cached, fold)

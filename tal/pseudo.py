@@ -468,6 +468,14 @@ def agnostic_detections(gt, pl) -> tuple:
     return agnostic, preds
 
 
+def agnostic_ap(gt, pl, alpha: float = 0.5) -> float:
+    """Class-agnostic AP at tIoU ``alpha`` of ``pl``'s segments (ranked by score) against ``gt``'s, on the videos
+    ``pl`` holds (:func:`agnostic_detections`)."""
+    from tal.eval.detection import evaluate_detection
+
+    return float(evaluate_detection(*agnostic_detections(gt, pl), [alpha]).average_mAP)
+
+
 def pseudo_label_quality(pl_path, gt_path, tiou=(0.3, 0.4, 0.5, 0.6, 0.7), novel=None) -> dict:
     """How good are the pseudo-labels? Scored as class-agnostic detections against the unlabelled videos' truth
     (analysis only: a simulation knows it, a real run rarely does): average mAP, and recall / precision at

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tal.pseudo import PseudoLabelError, video_candidates
+from tal.pseudo import PseudoLabelError, agnostic_ap, video_candidates
 
 log = logging.getLogger(__name__)
 
@@ -271,11 +271,8 @@ def choose_rerank(truth, proposals, stores, cfg: RecurrenceConfig = RecurrenceCo
     against their human segments (``truth``), ranked by score and re-ranked; re-ranking is chosen only when
     it scores higher. Where look-alikes of actions recur as much as actions (or the score already ranks well)
     it scores lower, and the unlabelled proposals keep their score's order."""
-    from tal.eval.detection import evaluate_detection
-    from tal.pseudo import agnostic_detections
-
     ranked, done = rerank_set(proposals, stores, cfg, progress, prefer_store, what=what)
-    ap = {name: float(evaluate_detection(*agnostic_detections(truth, p), [alpha]).average_mAP)
+    ap = {name: agnostic_ap(truth, p, alpha)
           for name, p in (("score", proposals), ("recurrence", ranked))}
     chosen = "recurrence" if ap["recurrence"] > ap["score"] else "score"
     return {"chosen": chosen, "heldout_ap": ap, "tiou": alpha, "heldout_videos": len(proposals.videos),

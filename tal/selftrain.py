@@ -446,8 +446,7 @@ def recurrence_weight_choice(cfg: SelfTrainConfig, state: "RunState", out: Path,
     if cfg.recurrence_weight != "auto" or state.finished("stage1.unseen"):
         return _weight_record(cfg, out)
     from tal.crossfit import class_folds, heldout_evidence, heldout_sample, labelled_videos, unseen_class_ap
-    from tal.eval.detection import evaluate_detection
-    from tal.pseudo import agnostic_detections
+    from tal.pseudo import agnostic_ap
     from tal.recurrence import EQUAL_WEIGHT, choose_weight
     from tal.thresholds import ThresholdError
 
@@ -472,7 +471,7 @@ def recurrence_weight_choice(cfg: SelfTrainConfig, state: "RunState", out: Path,
             heldout_sample(run_cfg, inputs, out / "thresholds", cfg.filter, folds=rule.folds, alpha=rule.alpha,
                            seed=cfg.seed, progress=progress, need_proposals=True)
             truth, proposals = heldout_evidence(inputs, out / "thresholds", rule.folds, CANDIDATE_FLOOR)
-            seen = float(evaluate_detection(*agnostic_detections(truth, proposals), [rule.alpha]).average_mAP)
+            seen = agnostic_ap(truth, proposals, rule.alpha)
             unseen = unseen_class_ap(run_cfg, inputs, folder, cfg.filter, folds=rule.folds, alpha=rule.alpha,
                                      seed=cfg.seed, floor=CANDIDATE_FLOOR, progress=progress)
         except ThresholdError as e:
@@ -606,8 +605,8 @@ def _pseudo_counts(written: dict) -> dict:
 def pseudo_label_density(cfg: SelfTrainConfig, written: dict) -> dict:
     """Pseudo-labels per minute of unlabelled video (``written``: a pseudo-label file as JSON) beside the human
     labels per minute of labelled video (the labels stage 1 trains on: the split's training classes, in the videos
-    that hold one). Needs no truth: pseudo-labels r times as dense as the human labels are at least 1 − 1/r false unless the unlabelled videos hold more
-    actions per minute than the human labels mark (measured in docs/selftrain.md). Videos of unknown duration are
+    that hold one). Needs no truth: pseudo-labels r times as dense as the human labels are at least 1 − 1/r false
+    unless the unlabelled videos hold more actions per minute than the human labels mark (measured in docs/selftrain.md). Videos of unknown duration are
     left out; nothing is returned where either side has no minutes (or the labelled videos cannot be read as
     training reads them: a warning says why)."""
     from tal.crossfit import labelled_videos
