@@ -64,3 +64,20 @@ class UnitOrAuto(click.ParamType):
         if number is None or not 0.0 <= number <= 1.0:
             self.fail(f"{value!r} is neither auto nor a number in [0, 1]", param, ctx)
         return number
+
+
+class CountOrAuto(click.ParamType):
+    """An integer >= 0, or the word ``auto`` (a value the program chooses)."""
+
+    name = "auto|0,1,2,..."
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or (isinstance(value, int) and value >= 0):
+            return value
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or number < 0:
+            self.fail(f"{value!r} is neither auto nor an integer >= 0", param, ctx)
+        return number

@@ -13,7 +13,7 @@ Layout of ``OUT``::
     stage1/                 tal-train run directory (last.pt, config.yaml, log.csv, loss_curve.png)
     stage1/eval.json        protocol results of that stage (when test sets are given)
     thresholds/             held-out evidence of fold models (tal.crossfit) and the thresholds chosen from it
-    unseen_classes/         --recurrence-weight auto: class-held-out fold models and the weight chosen
+    unseen_classes/         --recurrence-weight / --rounds auto: class-held-out fold models and what they chose
     pseudo_round1.json      pseudo-labels written by stage 1 for stage 2 (+ .parts/ while being written)
     stage2/ ...
     report.json, report.txt, map_per_stage.png
@@ -38,7 +38,10 @@ STATE_NAME = "state.json"
 RERANKS = ("recurrence", "score", "auto")
 CANDIDATE_FLOOR = 0.01  # the lowest score of a proposal that --rerank (or an oracle selection) may keep
 MISSING_TOLERANCE = 0.02  # share of annotated test videos that may be absent from the test store
-UNSEEN_DIR = "unseen_classes"  # --recurrence-weight auto: the class-held-out folds and the weight chosen
+UNSEEN_DIR = "unseen_classes"  # --recurrence-weight / --rounds auto: the class-held-out folds and their choice
+# --rounds auto where held-out classes are found at most UNSEEN_RATIO as well as held-out videos: this many rounds,
+# each from the second on stopped where its pseudo-labels outgrow the human labels (measured in docs/selftrain.md)
+AUTO_ROUNDS, AUTO_STOP_DENSITY = 3, 1.0
 SETTINGS_NAME = "selftrain.json"
 SIMULATED_NOTE = "SIMULATED DATA (tal.sim): figures show the method's behaviour, not real-video accuracy"
 
@@ -62,7 +65,8 @@ class SelfTrainConfig:
     labeled_features: list[str]
     labeled_annotations: list[str]
     unlabeled_features: str
-    rounds: int = 1
+    # Pseudo-label/retrain rounds, or "auto": AUTO_ROUNDS (stopped by density) or 1, from the class check
+    rounds: int | str = "auto"
     filter: FilterConfig = field(default_factory=FilterConfig)  # its thresholds apply when threshold_rule is None
     # Thresholds chosen from held-out labelled videos (cross-fitting, tal.thresholds); None: filter's fixed ones.
     threshold_rule: ThresholdRule | None = field(default_factory=ThresholdRule)
@@ -81,10 +85,10 @@ class SelfTrainConfig:
     # "auto" (the one that ranks the held-out labelled videos' proposals better; score without held-out folds)
     rerank: str = "recurrence"
     # The recurrence's weight against the score's (1 - it) in that ranking, or "auto": chosen from how well stage 1's
-    # recipe finds actions of labelled classes held out of its training (recurrence_weight_choice)
+    # recipe finds actions of labelled classes held out of its training (class_check)
     recurrence_weight: float | str = "auto"
     # Rounds >= 2 stop before training on pseudo-labels more than this many times as dense per minute as the
-    # human labels (pseudo_label_density); None: every round runs.
+    # human labels (pseudo_label_density); None: every round runs (AUTO_STOP_DENSITY where --rounds auto chose more).
     stop_density: float | None = None
     tests: list[EvalSet] = field(default_factory=list)
     vocab: str | None = None  # store vocabulary holding the split's class names (test stores)
@@ -97,8 +101,8 @@ class SelfTrainConfig:
     floor: bool = False  # also train stage 2's recipe on the human labels alone, at stage 2's compute
 
     def validate(self) -> None:
-        if self.rounds < 0:
-            raise SelfTrainError(f"--rounds must be >= 0, got {self.rounds}")
+        if self.rounds != "auto" and not (isinstance(self.rounds, int) and self.rounds >= 0):
+            raise SelfTrainError(f"--rounds must be auto or an integer >= 0, got {self.rounds!r}")
         if self.rerank not in RERANKS:
             raise SelfTrainError(f"rerank must be one of {', '.join(RERANKS)}, got {self.rerank!r}")
         if self.rerank == "auto" and self.threshold_rule is None:
@@ -109,7 +113,7 @@ class SelfTrainConfig:
             raise SelfTrainError(f"--recurrence-weight must be auto or lie in [0, 1], got {self.recurrence_weight!r}")
         if self.stop_density is not None and not self.stop_density > 0:
             raise SelfTrainError(f"--stop-density must be > 0, got {self.stop_density}")
-        if self.stop_density is not None and self.rounds < 2:
+        if self.stop_density is not None and self.rounds != "auto" and self.rounds < 2:
             raise SelfTrainError(f"--stop-density stops rounds from the second on: it needs --rounds 2 or more, got "
                                  f"--rounds {self.rounds}")
         if self.init not in ("ema", "finetune", "none"):
@@ -325,16 +329,14 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
     stages: dict[str, dict] = {}
     pseudo_counts: dict[str, dict] = {}
     pseudo_files: list[Path] = []  # the pseudo-labels the last stage trained on
-    stopped = None
-    for stage in range(1, cfg.rounds + 2):
+    stopped, stage, plan = None, 1, {"rounds": cfg.rounds, "stop_density": cfg.stop_density}
+    while True:
         name = f"stage{stage}"
         pseudo = []
         if stage > 1:
             pl = out / f"pseudo_round{stage - 1}.json"
             step = f"round{stage - 1}.pseudo"
             if not state.finished(step):
-                if cfg.rerank != "score":
-                    recurrence_weight_choice(cfg, state, out, progress)
                 filt, why = pseudo_filter(cfg, state, out, progress, stage - 1, pseudo_files)
                 log.info("%s: pseudo-labelling %s with %s (τ = %.4g%s)", step, cfg.unlabeled_features, ckpt,
                          filt.threshold, "" if filt.ignore_threshold is None else
@@ -349,38 +351,43 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
                                                                                 novel=novel_classes(cfg))
                 log.info("%s: pseudo-label precision %.3f, recall %.3f at tIoU 0.5 against %s%s", step,
                          quality["precision@0.5"], quality["recall@0.5"], cfg.unlabeled_truth, _group_recall(quality))
-            stopped = _density_stop(cfg, stage, step, pseudo_counts[step])
+            stopped = _density_stop(plan["stop_density"], stage, step, pseudo_counts[step])
             if stopped:
                 break
             pseudo = [pl]
         stages[name] = _train_and_evaluate(cfg, state, out / name, pseudo, ckpt if stage > 1 else None, progress)
         ckpt, pseudo_files = out / name / "last.pt", pseudo
-    if cfg.ceiling and cfg.rounds >= 1:
+        if stage == 1 and cfg.rounds != 0 and uses_class_check(cfg):
+            plan = round_plan(cfg, class_check(cfg, state, out, progress))
+        if stage > plan["rounds"]:
+            break
+        stage += 1
+    if cfg.ceiling and plan["rounds"] >= 1:
         truth = out / "ceiling_labels.json"
         if not truth.exists():
             oracle_pseudo_labels(cfg.unlabeled_truth, out / "pseudo_round1.json", truth)
         stages["ceiling"] = _train_and_evaluate(cfg, state, out / "ceiling", [truth], out / "stage1" / "last.pt",
                                                 progress)
-    if cfg.floor and cfg.rounds >= 1:
+    if cfg.floor and plan["rounds"] >= 1:
         stages["floor"] = _train_and_evaluate(cfg, state, out / "floor", [], out / "stage1" / "last.pt", progress,
                                               floor=True)
-    report = build_report(cfg, out, stages, pseudo_counts)
+    report = build_report(cfg, out, stages, pseudo_counts, plan)
     if stopped:
         report["stopped"] = stopped
     write_report(report, out)
     return report
 
 
-def _density_stop(cfg: SelfTrainConfig, stage: int, step: str, counts: dict) -> dict | None:
+def _density_stop(limit: float | None, stage: int, step: str, counts: dict) -> dict | None:
     """--stop-density: from round 2 on, the stage would train on pseudo-labels denser than the human labels by more
     than the limit; the previous stage stays the last (measured in docs/selftrain.md: where later rounds lost,
     their pseudo-labels grew denser than the human labels)."""
     ratio = counts.get("density_ratio")
-    if cfg.stop_density is None or stage <= 2 or ratio is None or ratio <= cfg.stop_density:
+    if limit is None or stage <= 2 or ratio is None or ratio <= limit:
         return None
-    log.warning("%s: the pseudo-labels are %.2f x as dense as the human labels (--stop-density %g): stage %d is "
-                "not trained, stage %d is the last", step, ratio, cfg.stop_density, stage, stage - 1)
-    return {"before_stage": stage, "step": step, "density_ratio": ratio, "stop_density": cfg.stop_density}
+    log.warning("%s: the pseudo-labels are %.2f x as dense as the human labels (limit %g): stage %d is not trained, "
+                "stage %d is the last", step, ratio, limit, stage, stage - 1)
+    return {"before_stage": stage, "step": step, "density_ratio": ratio, "stop_density": limit}
 
 
 def _train_and_evaluate(cfg, state, run_dir: Path, pseudo, init_from, progress, floor: bool = False) -> dict:
@@ -422,7 +429,7 @@ def write_pseudo_labels(cfg: SelfTrainConfig, ckpt: Path, pl: Path, filt: Filter
 
 def recurrence_config(cfg: SelfTrainConfig, out):
     """How ``cfg`` re-ranks the unlabelled proposals by recurrence; with ``--recurrence-weight auto``, the weight
-    chosen for the run in ``out`` (:func:`recurrence_weight_choice`)."""
+    chosen for the run in ``out`` (:func:`class_check`)."""
     from tal.recurrence import RecurrenceConfig
 
     return RecurrenceConfig(seed=cfg.seed, weight=_weight_record(cfg, out)["weight"])
@@ -431,20 +438,30 @@ def recurrence_config(cfg: SelfTrainConfig, out):
 def _weight_record(cfg: SelfTrainConfig, out) -> dict:
     if cfg.recurrence_weight != "auto":
         return {"weight": float(cfg.recurrence_weight), "source": "given (--recurrence-weight)"}
+    return _check_record(out)
+
+
+def _check_record(out) -> dict:
     path = Path(out) / UNSEEN_DIR / "choice.json"
     if not path.exists():
-        raise SelfTrainError(f"{path}: the recurrence weight of this run has not been chosen yet")
+        raise SelfTrainError(f"{path}: the class check of this run has not run yet")
     return json.loads(path.read_text())
 
 
-def recurrence_weight_choice(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: bool) -> dict:
-    """``--recurrence-weight auto``: the weight from how well stage 1's recipe finds actions of classes it never
-    saw (``OUT/unseen_classes/``: class-held-out fold models, :func:`tal.crossfit.unseen_class_ap`) against how
-    well it finds those it saw on held-out videos (the threshold rule's fold models, ``OUT/thresholds/``,
-    trained here too under a fixed ``--threshold``); :func:`tal.recurrence.choose_weight`. Step
-    ``stage1.unseen``, cached in ``OUT/unseen_classes/choice.json``."""
-    if cfg.recurrence_weight != "auto" or state.finished("stage1.unseen"):
-        return _weight_record(cfg, out)
+def uses_class_check(cfg: SelfTrainConfig) -> bool:
+    """Whether something of the run is chosen by :func:`class_check`: the recurrence's weight or the rounds."""
+    return cfg.rounds == "auto" or (cfg.recurrence_weight == "auto" and cfg.rerank != "score")
+
+
+def class_check(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: bool) -> dict:
+    """How well stage 1's recipe finds actions of labelled classes it never saw (``OUT/unseen_classes/``:
+    class-held-out fold models, :func:`tal.crossfit.unseen_class_ap`) against how well it finds those it saw on
+    held-out videos (the threshold rule's fold models, ``OUT/thresholds/``, trained here too under a fixed
+    ``--threshold``), and the recurrence's weight that implies (:func:`tal.recurrence.choose_weight`, used with
+    ``--recurrence-weight auto``); the rounds follow from it too (:func:`round_plan`). Step ``stage1.unseen``,
+    cached in ``OUT/unseen_classes/choice.json``."""
+    if state.finished("stage1.unseen"):
+        return _check_record(out)
     from tal.crossfit import class_folds, heldout_evidence, heldout_sample, labelled_videos, unseen_class_ap
     from tal.pseudo import agnostic_ap
     from tal.recurrence import EQUAL_WEIGHT, choose_weight
@@ -465,7 +482,8 @@ def recurrence_weight_choice(cfg: SelfTrainConfig, state: "RunState", out: Path,
     if why_not:
         choice = {"weight": EQUAL_WEIGHT, "ratio": None, "source": "chosen (--recurrence-weight auto)",
                   "rule": f"{EQUAL_WEIGHT} where classes cannot be held out: {why_not}"}
-        log.warning("recurrence weight %.2f: classes cannot be held out to choose it (%s)", EQUAL_WEIGHT, why_not)
+        log.warning("class check: labelled classes cannot be held out (%s): where it chooses, the recurrence weighs "
+                    "%.2f and one round runs", why_not, EQUAL_WEIGHT)
     else:
         try:
             heldout_sample(run_cfg, inputs, out / "thresholds", cfg.filter, folds=rule.folds, alpha=rule.alpha,
@@ -478,12 +496,31 @@ def recurrence_weight_choice(cfg: SelfTrainConfig, state: "RunState", out: Path,
             raise SelfTrainError(f"{folder}: {e}") from None
         choice = {**choose_weight(unseen["ap"], seen), "source": "chosen (--recurrence-weight auto)",
                   "class_folds": unseen["folds"], "tiou": rule.alpha}
-        log.info("recurrence weight %.2f: held-out classes' AP %.3f, held-out videos' AP %.3f (ratio %s)",
-                 choice["weight"], choice["unseen_ap"], seen,
-                 "undefined" if choice["ratio"] is None else f"{choice['ratio']:.2f}")
+        log.info("class check: held-out classes' AP %.3f, held-out videos' AP %.3f (ratio %s): recurrence weight %.2f",
+                 choice["unseen_ap"], seen, "undefined" if choice["ratio"] is None else f"{choice['ratio']:.2f}",
+                 choice["weight"])
     atomic_write_json(folder / "choice.json", choice)
     state.mark("stage1.unseen")
     return choice
+
+
+def round_plan(cfg: SelfTrainConfig, check: dict) -> dict:
+    """How many rounds run and the density past which a later one stops: ``cfg``'s, or with ``--rounds auto``
+    AUTO_ROUNDS stopped at AUTO_STOP_DENSITY (or ``--stop-density``) where the class check found held-out classes at
+    most UNSEEN_RATIO as well as held-out videos (stage 1 misses actions of classes it never saw: later rounds
+    find more of them), else 1 (where it already finds them, later rounds lost; docs/selftrain.md)."""
+    from tal.recurrence import UNSEEN_RATIO
+
+    if cfg.rounds != "auto":
+        return {"rounds": cfg.rounds, "stop_density": cfg.stop_density, "source": "given (--rounds)"}
+    ratio = check.get("ratio")
+    many = ratio is not None and ratio <= UNSEEN_RATIO
+    return {"rounds": AUTO_ROUNDS if many else 1,
+            "stop_density": (cfg.stop_density or AUTO_STOP_DENSITY) if many else None,
+            "source": "chosen (--rounds auto)", "ratio": ratio,
+            "rule": f"{AUTO_ROUNDS} rounds, a later one stopped where its pseudo-labels are more than "
+                    f"{AUTO_STOP_DENSITY:g} x as dense as the human labels, where held-out classes' AP is at most "
+                    f"{UNSEEN_RATIO} x the held-out videos' AP of the trained classes, else 1"}
 
 
 def candidate_filter(filt: FilterConfig) -> FilterConfig:
@@ -658,11 +695,11 @@ def _count_videos(paths) -> int:
     return total
 
 
-def build_report(cfg: SelfTrainConfig, out: Path, stages: dict, pseudo_counts: dict) -> dict:
+def build_report(cfg: SelfTrainConfig, out: Path, stages: dict, pseudo_counts: dict, plan: dict) -> dict:
     report = {
         "simulated": cfg.simulated,
         "seed": cfg.seed,
-        "rounds": cfg.rounds,
+        "rounds": plan["rounds"],
         "threshold": (pseudo_counts.get("round1.pseudo") or {}).get("threshold", cfg.filter.threshold),
         "threshold_rule": None if cfg.threshold_rule is None else cfg.threshold_rule.to_dict(),
         "split": cfg.split,
@@ -678,6 +715,8 @@ def build_report(cfg: SelfTrainConfig, out: Path, stages: dict, pseudo_counts: d
     if (out / "pseudo_round1.reranked.json").exists():  # re-ranked (--rerank auto may have kept the score's order)
         weight = _weight_record(cfg, out)
         report["recurrence_weight"] = {k: weight[k] for k in ("weight", "source", "ratio") if k in weight}
+    if cfg.rounds == "auto":
+        report["rounds_choice"] = plan
     if "ceiling" in stages:
         report["recovery"] = ceiling_recovery(report)
         if "floor" in stages:
@@ -765,11 +804,18 @@ def format_table(report: dict) -> str:
             line += (f" (chosen: models trained without some labelled classes find them {weight['ratio']:.2f} x as "
                      "well as the classes they trained on)")
         lines.append(line)
+    plan = report.get("rounds_choice")
+    if plan:
+        line = f"rounds: {plan['rounds']}"
+        if plan.get("stop_density") is not None:
+            line += (f", each from the second on stopped where its pseudo-labels are more than "
+                     f"{plan['stop_density']:g} x as dense as the human labels")
+        lines.append(line + (" (chosen: the class check gave no ratio)" if plan.get("ratio") is None else
+                             f" (chosen: the class check's ratio {plan['ratio']:.2f})"))
     stop = report.get("stopped")
     if stop:
         lines.append(f"stopped before stage {stop['before_stage']}: {stop['step']}'s pseudo-labels are "
-                     f"{stop['density_ratio']:.2f} x as dense as the human labels "
-                     f"(--stop-density {stop['stop_density']:g})")
+                     f"{stop['density_ratio']:.2f} x as dense as the human labels (limit {stop['stop_density']:g})")
     if report.get("simulated"):
         lines.append(SIMULATED_NOTE)
     return "\n".join(lines)

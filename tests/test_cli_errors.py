@@ -71,6 +71,8 @@ CASES = [
                       "--out st4"),
     ("tal-selftrain", "--labeled-features tiny.zarr --labeled-annotations tiny.json --unlabeled-features tiny.zarr "
                       "--out st5 --recurrence-weight 1.5"),
+    ("tal-selftrain", "--labeled-features tiny.zarr --labeled-annotations tiny.json --unlabeled-features tiny.zarr "
+                      "--out st6 --rounds two"),
     ("tal.demo", "--threads 0"),
     ("tal.demo", "--set nokey --out demo"),
     ("tal.demo", "--set train.lr=abc --out demo"),

@@ -42,8 +42,9 @@ def tiny_data(tmp_path_factory):
 
 def _config(root, **kw) -> SelfTrainConfig:
     kw.setdefault("recurrence_weight", 0.5)  # auto trains class-held-out fold models: chosen_run's test below
+    kw.setdefault("rounds", 1)  # and so does --rounds auto
     return SelfTrainConfig(
-        [str(root / "lab.zarr")], [str(root / "lab.json")], str(root / "web.zarr"), rounds=1,
+        [str(root / "lab.zarr")], [str(root / "lab.json")], str(root / "web.zarr"),
         filter=FilterConfig(threshold=0.1), threshold_rule=None, split=str(root / "split.json"), preset="small",
         overrides=list(TINY_SETS), seed=0,
         tests=[EvalSet(str(root / "test.zarr"), str(root / "test.json")),
@@ -413,6 +414,45 @@ def test_later_rounds_stop_where_their_pseudo_labels_outgrow_the_human_labels(ti
     assert not (tmp_path / "bad").exists()
 
 
+def test_auto_rounds_follow_the_class_check(chosen_run, tiny_data, tmp_path):
+    import shutil
+
+    from tal.selftrain import AUTO_ROUNDS, AUTO_STOP_DENSITY, round_plan
+
+    auto = _config(tiny_data, rounds="auto", recurrence_weight="auto")
+    # the rule: more rounds where held-out classes are found at most half as well as held-out videos
+    assert (round_plan(auto, {"ratio": 0.5})["rounds"], round_plan(auto, {"ratio": 0.5})["stop_density"]) == \
+        (AUTO_ROUNDS, AUTO_STOP_DENSITY) == (3, 1.0)
+    for ratio in (0.51, 2.0, None):  # found well, or no classes to hold out: one round, nothing to stop
+        assert (round_plan(auto, {"ratio": ratio})["rounds"], round_plan(auto, {"ratio": ratio})["stop_density"]) == \
+            (1, None)
+    assert round_plan(dataclasses.replace(auto, stop_density=2.0), {"ratio": 0.2})["stop_density"] == 2.0
+    assert round_plan(_config(tiny_data, rounds=2), {"ratio": 0.2})["rounds"] == 2  # a given count is kept
+    # runs from the chosen run's stage 1 and class check, its recorded ratio set to either side of the limit
+    src, _ = chosen_run
+    cfg = dataclasses.replace(auto, tests=[], threshold_rule=ThresholdRule(precision=0.5, recall=0.9))
+    for ratio, rounds in ((0.3, 3), (0.9, 1)):
+        out = tmp_path / f"run{ratio}"
+        for part in ("stage1", "thresholds", "unseen_classes"):
+            shutil.copytree(src / part, out / part)
+        choice = json.loads((out / "unseen_classes" / "choice.json").read_text())
+        (out / "unseen_classes" / "choice.json").write_text(json.dumps({**choice, "ratio": ratio}))
+        (out / "state.json").write_text(json.dumps({"done": ["stage1.train", "stage1.unseen"]}))
+        report = run_selftrain(cfg, out, progress=False)
+        assert report["rounds"] == rounds and report["rounds_choice"] == round_plan(cfg, {"ratio": ratio})
+        trained = [k for k in range(2, 5) if (out / f"stage{k}" / "last.pt").exists()]
+        details = report["counts"]["pseudo_label_details"]
+        if rounds == 1:
+            assert trained == [2] and list(details) == ["round1.pseudo"] and "stopped" not in report
+        else:  # every later round trained unless its pseudo-labels were denser than the human labels
+            stop = report.get("stopped")
+            assert trained == list(range(2, (stop["before_stage"] if stop else 5)))
+            assert all(details[f"round{k - 1}.pseudo"]["density_ratio"] <= 1.0 for k in trained if k > 2)
+            assert not stop or (stop["stop_density"] == 1.0 and stop["density_ratio"] > 1.0)
+        assert f"rounds: {rounds}" in format_table(report) and f"the class check's ratio {ratio:.2f}" in \
+            format_table(report)
+
+
 def test_recurrence_reranks_the_proposals_before_the_thresholds_cut_them(tiny_data, tmp_path):
     from tal.data.annotations import load_annotations
     from tal.pseudo import refilter
@@ -473,6 +513,8 @@ def test_auto_ranking_without_held_out_folds_is_refused(tiny_data, tmp_path):
         run_selftrain(_config(tiny_data, rerank="auto"), tmp_path / "run", progress=False)
     with pytest.raises(SelfTrainError, match=r"--recurrence-weight must be auto or lie in \[0, 1\], got 1.5"):
         run_selftrain(_config(tiny_data, recurrence_weight=1.5), tmp_path / "run", progress=False)
+    with pytest.raises(SelfTrainError, match=r"--rounds must be auto or an integer >= 0, got 'two'"):
+        run_selftrain(_config(tiny_data, rounds="two"), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 

@@ -12,6 +12,7 @@ import yaml
 
 from tal.config import load_config
 from tal.data.annotations import load_annotations
+from tal.selftrain import stage_names
 from tal.study import (StudySettings, ablation_config, collect, format_percent, main_config, run_study,
                        task_dependencies, task_dir)
 from test_pseudo import TINY_SETS
@@ -47,20 +48,26 @@ def test_headline_is_the_ceiling_recovery_of_every_seed(study):
             per_seed = []
             for seed in (0, 1):
                 report = json.loads((task_dir(out, f"main:{seed}") / "report.json").read_text())
-                s1, s2, top = (_value(report[stage], keys) for stage in (start, "stage2", "ceiling"))
+                last = stage_names(report)[-1]  # the self-trained model: the last of the rounds the run chose
+                s1, s2, top = (_value(report[stage], keys) for stage in (start, last, "ceiling"))
                 per_seed.append((s2 - s1) / (top - s1) if top > s1 else float("nan"))
             row = result["main"][label][key]
             finite = [r for r in per_seed if r == r]
             assert row["n"] == len(finite) and (not finite or row["mean"] == pytest.approx(sum(finite) / len(finite)))
         reports = [json.loads((task_dir(out, f"main:{seed}") / "report.json").read_text()) for seed in (0, 1)]
-        up = sum(_value(r["stage2"], keys) > _value(r["stage1"], keys) for r in reports)
+        up = sum(_value(r[stage_names(r)[-1]], keys) > _value(r["stage1"], keys) for r in reports)
         assert result["main"][label]["seeds_up"] == {"up": up, "n": 2}
     ratio = result["stage1_novel_base_ratio"]
     assert set(ratio["per_seed"]) == {0, 1}
     assert result["pseudo_quality"]["precision@0.5"]["n"] == 2
     text = (out / "study.txt").read_text()
     assert "SIMULATED" in text and "recovered" in text and "over floor" in text
-    assert "novel / base" in text and "rounds-2" in text and "seeds 2 > 1" in text
+    assert "novel / base" in text and "rounds-2" in text and "seeds up" in text
+    for seed in (0, 1):  # the rounds each main run chose (from its class check) and trained
+        report = json.loads((task_dir(out, f"main:{seed}") / "report.json").read_text())
+        assert result["rounds"][seed] == {"rounds": report["rounds"], "trained": len(stage_names(report)) - 1,
+                                          "ratio": report["rounds_choice"]["ratio"]}
+    assert "rounds per seed (chosen / trained): 0: " in text
     density = {s: result["pseudo_density"][s] for s in (0, 1)}  # what tal-selftrain recorded for the main runs
     assert density == {s: json.loads((task_dir(out, f"main:{s}") / "report.json").read_text())["counts"]
                        ["pseudo_label_details"]["round1.pseudo"]["density_ratio"] for s in (0, 1)}
@@ -127,7 +134,8 @@ def test_soft_noisy_per_round_and_rerank_ablations_change_only_their_setting(tmp
     main = main_config(paths, 0, tiny_settings())
     soft, noisy = ablation_config(main, "soft"), ablation_config(main, "noisy")
     once, again = ablation_config(main, "rounds-2"), ablation_config(main, "rounds-2-per-round")
-    assert main.rounds == 1 and once.rounds == again.rounds == 2 and ablation_config(main, "rounds-3").rounds == 3
+    assert main.rounds == "auto" and ablation_config(main, "rounds-1").rounds == 1
+    assert once.rounds == again.rounds == 2 and ablation_config(main, "rounds-3").rounds == 3
     stop = ablation_config(main, "rounds-3-stop")
     assert (stop.rounds, stop.stop_density, main.stop_density) == (3, 1.0, None)
     assert not main.threshold_rule.per_round and once.threshold_rule == main.threshold_rule

@@ -12,7 +12,7 @@ import logging
 
 import click
 
-from features.cli_support import Command, UnitOrAuto
+from features.cli_support import Command, CountOrAuto, UnitOrAuto
 from tal.config import PRESETS
 from tal.selftrain import RERANKS, SelfTrainConfig
 from tal.thresholds import PRECISION_OF, ThresholdRule
@@ -26,14 +26,16 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
 @click.option("--unlabeled-features", required=True, type=click.Path(exists=True),
               help="Store of the unlabelled (web) videos to pseudo-label.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (resumed if it exists).")
-@click.option("--rounds", default=1, show_default=True, type=click.IntRange(min=0),
-              help="Pseudo-label/retrain rounds: 1 = stage 1 + stage 2; 2 adds stage 3, 3 stage 4 (measured better "
-                   "where stage 1's novel mAP is far below its base mAP, worse where it already finds the novel "
-                   "actions; with --stop-density 1 close to one round there).")
+@click.option("--rounds", default=SelfTrainConfig.rounds, show_default=True, type=CountOrAuto(),
+              help="Pseudo-label/retrain rounds: 1 = stage 1 + stage 2; 2 adds stage 3, 3 stage 4; auto: 3 with "
+                   "--stop-density 1 where stage 1's recipe finds labelled classes held out of its training at most "
+                   "half as well as the classes it trained on (the class check of --recurrence-weight auto), else 1 "
+                   "(more rounds measured better where stage 1 misses the novel actions, worse where it finds them).")
 @click.option("--stop-density", default=None, type=click.FloatRange(0, min_open=True),
               help="From round 2 on, stop before a stage whose pseudo-labels are more than this many times as dense "
                    "per minute as the human labels (1, on SIMULATED data: kept the later rounds where they raised "
-                   "novel mAP, stopped most of those that lowered it; default: every round runs).")
+                   "novel mAP, stopped most of those that lowered it; default: every round runs, or 1 where --rounds "
+                   "auto chose 3).")
 @click.option("--threshold", default=None, type=click.FloatRange(0, 1),
               help="A fixed pseudo-label score threshold τ (default: chosen on held-out labelled videos, see "
                    "--target-precision).")
