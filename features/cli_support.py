@@ -72,12 +72,8 @@ class CountOrAuto(click.ParamType):
     name = "auto|0,1,2,..."
 
     def convert(self, value, param, ctx):
-        if value == "auto" or (isinstance(value, int) and value >= 0):
+        if value == "auto" or (type(value) is int and value >= 0):
             return value
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            number = None
-        if number is None or number < 0:
+        if not (isinstance(value, str) and value.isdigit()):  # not 2.7, -1, True: they are no count
             self.fail(f"{value!r} is neither auto nor an integer >= 0", param, ctx)
-        return number
+        return int(value)

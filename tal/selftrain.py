@@ -42,6 +42,7 @@ UNSEEN_DIR = "unseen_classes"  # --recurrence-weight / --rounds auto: the class-
 # --rounds auto where held-out classes are found at most UNSEEN_RATIO as well as held-out videos: this many rounds,
 # each from the second on stopped where its pseudo-labels outgrow the human labels (measured in docs/selftrain.md)
 AUTO_ROUNDS, AUTO_STOP_DENSITY = 3, 1.0
+NO_CHECK_HINT = " (the class check of --rounds / --recurrence-weight auto; give both a number to run without it)"
 SETTINGS_NAME = "selftrain.json"
 SIMULATED_NOTE = "SIMULATED DATA (tal.sim): figures show the method's behaviour, not real-video accuracy"
 
@@ -101,7 +102,7 @@ class SelfTrainConfig:
     floor: bool = False  # also train stage 2's recipe on the human labels alone, at stage 2's compute
 
     def validate(self) -> None:
-        if self.rounds != "auto" and not (isinstance(self.rounds, int) and self.rounds >= 0):
+        if self.rounds != "auto" and not (type(self.rounds) is int and self.rounds >= 0):
             raise SelfTrainError(f"--rounds must be auto or an integer >= 0, got {self.rounds!r}")
         if self.rerank not in RERANKS:
             raise SelfTrainError(f"rerank must be one of {', '.join(RERANKS)}, got {self.rerank!r}")
@@ -472,7 +473,7 @@ def class_check(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: bo
     try:
         labelled = labelled_videos(inputs)
     except ThresholdError as e:
-        raise SelfTrainError(f"{folder}: {e}") from None
+        raise SelfTrainError(f"{folder}: {e}{NO_CHECK_HINT}") from None
     try:
         folds = class_folds(labelled, rule.folds, cfg.seed)
         why_not = next((f"every labelled video holds one of the classes {', '.join(held)}" for held, train_ids, _
@@ -493,7 +494,7 @@ def class_check(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: bo
             unseen = unseen_class_ap(run_cfg, inputs, folder, cfg.filter, folds=rule.folds, alpha=rule.alpha,
                                      seed=cfg.seed, floor=CANDIDATE_FLOOR, progress=progress)
         except ThresholdError as e:
-            raise SelfTrainError(f"{folder}: {e}") from None
+            raise SelfTrainError(f"{folder}: {e}{NO_CHECK_HINT}") from None
         choice = {**choose_weight(unseen["ap"], seen), "source": "chosen (--recurrence-weight auto)",
                   "class_folds": unseen["folds"], "tiou": rule.alpha}
         log.info("class check: held-out classes' AP %.3f, held-out videos' AP %.3f (ratio %s): recurrence weight %.2f",
@@ -515,12 +516,15 @@ def round_plan(cfg: SelfTrainConfig, check: dict) -> dict:
         return {"rounds": cfg.rounds, "stop_density": cfg.stop_density, "source": "given (--rounds)"}
     ratio = check.get("ratio")
     many = ratio is not None and ratio <= UNSEEN_RATIO
-    return {"rounds": AUTO_ROUNDS if many else 1,
-            "stop_density": (cfg.stop_density or AUTO_STOP_DENSITY) if many else None,
+    limit = cfg.stop_density or AUTO_STOP_DENSITY
+    if cfg.stop_density is not None and not many:
+        log.warning("--stop-density %g is not used: --rounds auto chose one round (the class check's ratio %s)",
+                    cfg.stop_density, "undefined" if ratio is None else f"{ratio:.2f}")
+    return {"rounds": AUTO_ROUNDS if many else 1, "stop_density": limit if many else None,
             "source": "chosen (--rounds auto)", "ratio": ratio,
-            "rule": f"{AUTO_ROUNDS} rounds, a later one stopped where its pseudo-labels are more than "
-                    f"{AUTO_STOP_DENSITY:g} x as dense as the human labels, where held-out classes' AP is at most "
-                    f"{UNSEEN_RATIO} x the held-out videos' AP of the trained classes, else 1"}
+            "rule": f"{AUTO_ROUNDS} rounds, a later one stopped where its pseudo-labels are more than {limit:g} x as "
+                    f"dense as the human labels, where held-out classes' AP is at most {UNSEEN_RATIO} x the held-out "
+                    "videos' AP of the trained classes, else 1"}
 
 
 def candidate_filter(filt: FilterConfig) -> FilterConfig:

@@ -86,7 +86,7 @@ ABLATIONS = {
                            "a second round, its τ chosen again for stage 2 (fold models by stage 2's recipe)"),
     "in-domain": ({"unlabeled": "curated"}, "unlabelled videos from the labelled (curated) domain, not the web"),
     "oracle-selection": ({}, "analysis only: stage 1's own proposals (score >= 0.01) that match a true instance "
-                             "and no others: a perfect selection rule"),
+                             "and no others: a perfect selection rule (one round: its stage 2)"),
     "oracle-selection-w1": ({"pseudo_weight": "1"}, "analysis only: the perfect selection, each pseudo-label "
                                                      "weighing 1 instead of its score"),
 }
@@ -580,7 +580,9 @@ def collect(out: Path, settings: StudySettings) -> dict:
     result["recurrence_weight"] = {s: b.get("recurrence_weight") for s, b in bases.items() if b}
     result["rounds"] = {s: {"rounds": r.get("rounds", 1), "trained": len(stage_names(r)) - 1,
                             "ratio": (r.get("rounds_choice") or {}).get("ratio")} for s, r in mains.items()}
-    profiles = [r["false_positives"] for r in mains.values() if "false_positives" in r]
+    # a main run collected before --rounds auto keyed its (one-round) self-trained model "stage2"
+    profiles = [{SELF_TRAINED if k == "stage2" else k: v for k, v in r["false_positives"].items()}
+                for r in mains.values() if "false_positives" in r]
     if profiles:
         result["false_positives"] = {
             stage: {group: {cat: _stat([p[stage][group][cat] for p in profiles]) for cat in profiles[0][stage][group]}
@@ -679,7 +681,8 @@ def format_study(result: dict) -> str:
                 lines.append(f"{title + ', ' + stage:<30}" + "".join(f"{100 * fp[stage][group][c]['mean']:>14.1f}"
                                                                      for c in cats))
     if result["ablations"]:
-        lines += ["", "ablations (one change from the defaults each; recovered % of the default recipe's ceiling):"]
+        lines += ["", "ablations (one change from the defaults each, through the rounds each run chooses, its last "
+                  "stage; the oracle selections one round; recovered % of the default recipe's ceiling):"]
         head = f"{'variant':<16}" + "".join(f"{h:>17}" for h in ("novel (gen.)", "novel-only", "base (gen.)",
                                                                   "cross-domain", "rec. novel gen.", "rec. novel-only"))
         lines += [head, "-" * len(head)]

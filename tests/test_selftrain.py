@@ -58,7 +58,8 @@ def _cli_args(root, out):
             "--split", root / "split.json", "--preset", "small", "--seed", "0",
             "--test-features", root / "test.zarr", "--test-annotations", root / "test.json",
             "--cross-features", root / "webtest.zarr", "--cross-annotations", root / "webtest.json",
-            "--vocab", "tiny", "--simulated", "--no-progress"]
+            "--vocab", "tiny", "--simulated", "--no-progress",
+            "--rounds", "1", "--recurrence-weight", "0.5"]  # what _config runs, without the class check
     for item in TINY_SETS:
         args += ["--set", item]
     return [str(a) for a in args]
@@ -426,7 +427,8 @@ def test_auto_rounds_follow_the_class_check(chosen_run, tiny_data, tmp_path):
     for ratio in (0.51, 2.0, None):  # found well, or no classes to hold out: one round, nothing to stop
         assert (round_plan(auto, {"ratio": ratio})["rounds"], round_plan(auto, {"ratio": ratio})["stop_density"]) == \
             (1, None)
-    assert round_plan(dataclasses.replace(auto, stop_density=2.0), {"ratio": 0.2})["stop_density"] == 2.0
+    given_limit = round_plan(dataclasses.replace(auto, stop_density=2.0), {"ratio": 0.2})
+    assert given_limit["stop_density"] == 2.0 and "more than 2 x as dense" in given_limit["rule"]
     assert round_plan(_config(tiny_data, rounds=2), {"ratio": 0.2})["rounds"] == 2  # a given count is kept
     # runs from the chosen run's stage 1 and class check, its recorded ratio set to either side of the limit
     src, _ = chosen_run
@@ -513,8 +515,9 @@ def test_auto_ranking_without_held_out_folds_is_refused(tiny_data, tmp_path):
         run_selftrain(_config(tiny_data, rerank="auto"), tmp_path / "run", progress=False)
     with pytest.raises(SelfTrainError, match=r"--recurrence-weight must be auto or lie in \[0, 1\], got 1.5"):
         run_selftrain(_config(tiny_data, recurrence_weight=1.5), tmp_path / "run", progress=False)
-    with pytest.raises(SelfTrainError, match=r"--rounds must be auto or an integer >= 0, got 'two'"):
-        run_selftrain(_config(tiny_data, rounds="two"), tmp_path / "run", progress=False)
+    for bad in ("two", True, 2.5, -1):  # a bool is an int to Python, not a count of rounds
+        with pytest.raises(SelfTrainError, match=r"--rounds must be auto or an integer >= 0, got " + repr(bad)):
+            run_selftrain(_config(tiny_data, rounds=bad), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 

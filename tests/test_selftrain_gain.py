@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from tal.demo import selftrain_config, simulate
-from tal.selftrain import _lookup, run_selftrain
+from tal.selftrain import _lookup, run_selftrain, stage_names
 
 COUNTS = {"curated_train": 60, "web": 80, "curated_test": 30, "web_test": 20}
 GAINING = {"novel-only": ("novel_only",), "generalized novel": ("generalized", "novel"),
@@ -44,18 +44,19 @@ def test_stage2_by_the_defaults_beats_stage1_where_the_ceiling_leaves_room(tmp_p
     paths = simulate(tmp_path / "data", 0, COUNTS, progress=False, regime="shared")
     report = run_selftrain(dataclasses.replace(selftrain_config(paths, 0), ceiling=True), tmp_path / "run",
                            progress=False)
+    last = stage_names(report)[-1]  # the self-trained model: stage 2, or the last of the rounds the run chose
     for label, keys in GAINING.items():
-        stage1, stage2, ceiling = (_lookup(report[s], keys) for s in ("stage1", "stage2", "ceiling"))
+        stage1, stage2, ceiling = (_lookup(report[s], keys) for s in ("stage1", last, "ceiling"))
         assert ceiling > stage1 + 0.05, f"{label}: no room ({stage1:.4f} -> ceiling {ceiling:.4f})"
         assert stage2 > stage1, f"{label}: stage 2 {stage2:.4f} does not beat stage 1 {stage1:.4f}"
         assert report["recovery"][label] == pytest.approx((stage2 - stage1) / (ceiling - stage1))
     novel = ("generalized", "novel")
-    assert _lookup(report["stage2"], novel) - _lookup(report["stage1"], novel) > 0.02  # measured: +4.2 points
+    assert _lookup(report[last], novel) - _lookup(report["stage1"], novel) > 0.02  # measured: +4.2 points
     base = ("generalized", "base")
     # the rule is base >= stage 1 - 1 point; re-ranking with ignore regions missed it on this small case
     # (44.96 -> 43.40; by score alone 46.10; without ignore regions, today's default, 43.15 -> 45.13), so this
     # asserts what held in every measured variant: no more than two points lost
-    assert _lookup(report["stage2"], base) >= _lookup(report["stage1"], base) - 0.02
+    assert _lookup(report[last], base) >= _lookup(report["stage1"], base) - 0.02
     # the pseudo-labels were chosen from held-out labelled videos, not a fixed τ
     provenance = json.loads((tmp_path / "run" / "pseudo_round1.json").read_text())["provenance"]
     assert "held-out" in provenance["threshold_source"]
