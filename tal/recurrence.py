@@ -142,11 +142,17 @@ def recurrence(z: np.ndarray, owner: np.ndarray, cfg: RecurrenceConfig, progress
 EQUAL_WEIGHT, RECURRENCE_HEAVY, UNSEEN_RATIO = 0.5, 0.8, 0.5
 
 
+def misses_unseen(ratio: float | None) -> bool:
+    """Whether the class check's ratio (held-out classes' AP ÷ held-out videos' AP; None: no evidence) says the
+    recipe finds classes it never saw at most UNSEEN_RATIO as well: what the weight and ``--rounds auto`` act on."""
+    return ratio is not None and ratio <= UNSEEN_RATIO
+
+
 def choose_weight(unseen_ap: float, seen_ap: float) -> dict:
     """The recurrence's weight from the class-agnostic AP on held-out classes' instances (``unseen_ap``) and on
     held-out videos of the classes trained on (``seen_ap``), and why."""
     ratio = unseen_ap / seen_ap if seen_ap > 0 else None
-    weight = RECURRENCE_HEAVY if ratio is not None and ratio <= UNSEEN_RATIO else EQUAL_WEIGHT
+    weight = RECURRENCE_HEAVY if misses_unseen(ratio) else EQUAL_WEIGHT
     return {"weight": weight, "unseen_ap": unseen_ap, "seen_ap": seen_ap, "ratio": ratio,
             "rule": f"{RECURRENCE_HEAVY} where held-out classes' AP is at most {UNSEEN_RATIO} x the held-out videos' "
                     f"AP of the trained classes, else {EQUAL_WEIGHT}"}

@@ -510,12 +510,12 @@ def round_plan(cfg: SelfTrainConfig, check: dict) -> dict:
     AUTO_ROUNDS stopped at AUTO_STOP_DENSITY (or ``--stop-density``) where the class check found held-out classes at
     most UNSEEN_RATIO as well as held-out videos (stage 1 misses actions of classes it never saw: later rounds
     find more of them), else 1 (where it already finds them, later rounds lost; docs/selftrain.md)."""
-    from tal.recurrence import UNSEEN_RATIO
+    from tal.recurrence import UNSEEN_RATIO, misses_unseen
 
     if cfg.rounds != "auto":
         return {"rounds": cfg.rounds, "stop_density": cfg.stop_density, "source": "given (--rounds)"}
     ratio = check.get("ratio")
-    many = ratio is not None and ratio <= UNSEEN_RATIO
+    many = misses_unseen(ratio)
     limit = cfg.stop_density or AUTO_STOP_DENSITY
     if cfg.stop_density is not None and not many:
         log.warning("--stop-density %g is not used: --rounds auto chose one round (the class check's ratio %s)",

@@ -558,15 +558,16 @@ def collect(out: Path, settings: StudySettings) -> dict:
               "seeds_done": sorted(mains), "main": {}, "ablations": {}}
     for label, keys in HEADLINES:
         row = {k: _stat([_lookup(r[k], keys) for r in mains.values()]) for k in ("stage1", "floor", "ceiling")}
-        row[SELF_TRAINED] = _stat([_lookup(_last_stage(r), keys) for r in mains.values()])
-        deltas = [_lookup(_last_stage(r), keys) - _lookup(r["stage1"], keys) for r in mains.values()]
+        last = [_lookup(_last_stage(r), keys) for r in mains.values()]  # the self-trained model of each seed
+        row[SELF_TRAINED] = _stat(last)
+        deltas = [x - _lookup(r["stage1"], keys) for x, r in zip(last, mains.values())]
         row["delta"] = _stat(deltas)
         # a mean of a few seeds hides a sign that flips; the count says how often self-training beats stage 1
         row["seeds_up"] = {"up": int(sum(d > 0 for d in deltas)), "n": len(deltas)}
-        row["delta_floor"] = _stat([_lookup(_last_stage(r), keys) - _lookup(r["floor"], keys) for r in mains.values()])
+        row["delta_floor"] = _stat([x - _lookup(r["floor"], keys) for x, r in zip(last, mains.values())])
         for key, start in (("recovery", "stage1"), ("recovery_floor", "floor")):
-            row[key] = _stat([recovered_share(_lookup(r[start], keys), _lookup(_last_stage(r), keys),
-                                              _lookup(r["ceiling"], keys)) for r in mains.values()])
+            row[key] = _stat([recovered_share(_lookup(r[start], keys), x, _lookup(r["ceiling"], keys))
+                              for x, r in zip(last, mains.values())])
         result["main"][label] = row
     ratios = [_lookup(r["stage1"], ("generalized", "novel")) / _lookup(r["stage1"], ("generalized", "base"))
               for r in mains.values()]
