@@ -109,7 +109,8 @@ def iter_detections(stores, localizer, video_ids=None, *, vocabulary: TextVocabu
 
     ``stores``: a path or paths (or opened stores); ``localizer``: a :class:`Localizer` or a checkpoint path;
     ``video_ids``: default every video of the stores; ``vocabulary``: for agnostic models, classify
-    open-vocabulary (``ov_config`` sets the score fusion; NMS is the model's own, ``ModelConfig.nms()``);
+    open-vocabulary (``ov_config`` sets the fusion and how many classes name each proposal, default
+    ``OVConfig()``'s 5; NMS is the model's own, ``ModelConfig.nms()``);
     ``durations``: fallback durations in seconds for videos whose store entry has none; ``prefer_store``: the
     store whose rows win for a video that several stores hold with different rows (else an error). Checkpoint,
     stores and videos are checked before this returns.
@@ -287,13 +288,14 @@ def choose_vocabulary(localizer: Localizer, store_path, *, vocab: str | None = N
 def run_inference(features, checkpoint, out, *, annotations=None, subset: str | None = None,
                   vocab: str | None = None, split: str | None = None, which: str = "all",
                   names: list[str] | None = None, embed_names: bool = False, allow_random_text: bool = False,
-                  template: str | None = None, fusion: str = "geometric", topk: int = 1, skip_missing: bool = False,
-                  prefer_store=None, batch_size: int = 1, num_workers: int = 0, device=None,
+                  template: str | None = None, fusion: str = "geometric", topk: int | None = None,
+                  skip_missing: bool = False, prefer_store=None, batch_size: int = 1, num_workers: int = 0, device=None,
                   progress: bool = True) -> tuple[int, int]:
     """``tal-infer``: detections of every video (of ``annotations``' ``subset``, else of the stores) written to
     ``out`` as an official results JSON. Classes: ``names`` or the ``split``'s ``which`` classes (not both);
     an agnostic model classifies into them open-vocabulary (:func:`choose_vocabulary`), a closed model keeps
-    only those of its classes. Returns (videos, detections)."""
+    only those of its classes; ``topk``: names per proposal (default: ``OVConfig``'s). Returns (videos,
+    detections)."""
     from tqdm import tqdm
 
     from tal.data.annotations import load_annotations
@@ -318,7 +320,7 @@ def run_inference(features, checkpoint, out, *, annotations=None, subset: str | 
     vocabulary = choose_vocabulary(localizer, features[0], vocab=vocab, names=names, embed_names=embed_names,
                                    allow_random_text=allow_random_text, template=template)
     keep = set(names) if names is not None and vocabulary is None else None  # closed model: filter its classes
-    ov_cfg = OVConfig(fusion=fusion, topk=topk)
+    ov_cfg = OVConfig(fusion=fusion) if topk is None else OVConfig(fusion=fusion, topk=topk)
     stream = iter_detections(features, localizer, video_ids, vocabulary=vocabulary, ov_config=ov_cfg,
                              batch_size=batch_size, num_workers=num_workers, skip_missing=skip_missing,
                              durations=durations, prefer_store=prefer_store)

@@ -11,7 +11,7 @@ Layout of ``OUT``::
     selftrain.json          the settings (a rerun with other settings is refused)
     state.json              finished steps
     stage1/                 tal-train run directory (last.pt, config.yaml, log.csv, loss_curve.png)
-    stage1/eval.json        protocol results of that stage (when test sets are given)
+    stage1/eval.json        protocol results of that stage (when test sets are given) and how it named proposals
     thresholds/             held-out evidence of fold models (tal.crossfit) and the thresholds chosen from it
     unseen_classes/         --recurrence-weight / --rounds auto: class-held-out fold models and what they chose
     pseudo_round1.json      pseudo-labels written by stage 1 for stage 2 (+ .parts/ while being written)
@@ -45,6 +45,8 @@ AUTO_ROUNDS, AUTO_STOP_DENSITY = 3, 1.0
 NO_CHECK_HINT = " (the class check of --rounds / --recurrence-weight auto; give both a number to run without it)"
 SETTINGS_NAME = "selftrain.json"
 SIMULATED_NOTE = "SIMULATED DATA (tal.sim): figures show the method's behaviour, not real-video accuracy"
+# how evaluations recorded before they recorded their naming (eval.json, study results) named proposals: top class
+NAMING_BEFORE_RECORDED = {"logit_scale": 100.0, "topk": 1, "fusion": "geometric"}
 
 
 class SelfTrainError(StovtalError, ValueError):
@@ -265,8 +267,10 @@ def evaluate_stage(checkpoint, cfg: SelfTrainConfig, progress: bool = False) -> 
     from tal.data.annotations import load_annotations
     from tal.eval.protocols import evaluate_protocol, load_split
     from tal.infer import Localizer, iter_open_vocabulary, store_vocabulary
+    from tal.model.ov import OVConfig
     from features.store import open_store
 
+    naming = evaluation_naming()
     split = load_split(cfg.split)
     localizer = Localizer.from_checkpoint(checkpoint)
     results: dict = {}
@@ -293,13 +297,28 @@ def evaluate_stage(checkpoint, cfg: SelfTrainConfig, progress: bool = False) -> 
         where = f"{test.features} vocabulary {cfg.vocab}"
         vocabularies = {key: vocab.restrict(classes, where) for key, _, classes in runs}
         preds: dict = {key: {} for key, _, _ in runs}
-        for vid, named in iter_open_vocabulary(test.features, localizer, present, vocabularies, batch_size=8):
+        for vid, named in iter_open_vocabulary(test.features, localizer, present, vocabularies,
+                                               ov_config=OVConfig(**naming), batch_size=8):
             for key, dets in named.items():
                 preds[key][vid] = dets
         for key, mode, _ in runs:
             results[key] = evaluate_protocol(gt, preds[key], split, mode, cfg.tiou)
             results[key].update(features=str(test.features), videos_scored=len(present), videos_missing=missing)
+    results["naming"] = naming
     return results
+
+
+def evaluation_naming() -> dict:
+    """How evaluate_stage names proposals (``tal.model.ov.OVConfig``'s defaults), recorded with each evaluation."""
+    from tal.model.ov import OVConfig
+
+    return OVConfig().to_dict()
+
+
+def named_as_today(recorded: dict) -> bool:
+    """Whether an evaluation (eval.json, a study result) named its proposals as evaluate_stage does today: the
+    same checkpoint scores points apart under another top-k, so stages named otherwise are never compared."""
+    return recorded.get("naming", NAMING_BEFORE_RECORDED) == evaluation_naming()
 
 
 def summarize(results: dict) -> dict:
@@ -401,12 +420,23 @@ def _train_and_evaluate(cfg, state, run_dir: Path, pseudo, init_from, progress, 
         state.mark(step)
     if not cfg.tests:
         return {}
-    step = f"{name}.eval"
-    if not state.finished(step):
+    step, path = f"{name}.eval", run_dir / "eval.json"
+    first = not state.finished(step)
+    if first or not evaluated_as_today(path):  # a finished stage named otherwise is evaluated again, not retrained
         log.info("%s: evaluating %s", step, run_dir / "last.pt")
-        atomic_write_json(run_dir / "eval.json", evaluate_stage(run_dir / "last.pt", cfg, progress))
+        atomic_write_json(path, evaluate_stage(run_dir / "last.pt", cfg, progress))
+    if first:
         state.mark(step)
-    return summarize(json.loads((run_dir / "eval.json").read_text()))
+    return summarize(json.loads(path.read_text()))
+
+
+def evaluated_as_today(path: Path) -> bool:
+    """Whether ``path`` (an eval.json) named the proposals as today's evaluation does; one from before (the top
+    class only) is evaluated again rather than compared with stages named otherwise."""
+    if named_as_today(json.loads(path.read_text())):
+        return True
+    log.info("%s: named with other settings than today's evaluation: evaluating again", path)
+    return False
 
 
 def write_pseudo_labels(cfg: SelfTrainConfig, ckpt: Path, pl: Path, filt: FilterConfig, why: dict,

@@ -43,8 +43,8 @@ from features.cli_support import Command
 from features.errors import StovtalError
 from tal.atomic import atomic_open, atomic_write_bytes, atomic_write_json
 from tal.crossfit import HELDOUT_PROPOSALS
-from tal.selftrain import (SIMULATED_NOTE, PROTOCOL_ROWS, UNSEEN_DIR, SelfTrainConfig, _lookup, recovered_share,
-                           recurrence_config, stage_names)
+from tal.selftrain import (SIMULATED_NOTE, PROTOCOL_ROWS, UNSEEN_DIR, SelfTrainConfig, _lookup, evaluation_naming,
+                           named_as_today, recovered_share, recurrence_config, stage_names)
 
 log = logging.getLogger("tal.study")
 
@@ -159,8 +159,12 @@ def run_task(out: Path, task: str, settings: StudySettings, progress: bool = Fal
     kind, seed, arg = _parse_task(task)
     folder = task_dir(out, task)
     done = folder / "result.json"
+    cached = current_result(folder, evaluates(task))
+    if cached is not None:
+        return cached
     if done.exists():
-        return json.loads(done.read_text())
+        log.info("%s: evaluated with another naming than today's evaluation: the task runs again (its finished "
+                 "steps are kept, its stages evaluated again)", done)
     paths = data_paths(out, seed, settings, progress)
     cfg = main_config(paths, seed, settings)
     base_dir = task_dir(out, f"base:{seed}")
@@ -190,7 +194,32 @@ def run_task(out: Path, task: str, settings: StudySettings, progress: bool = Fal
         result = _shared_pseudo_labels(out, kind, seed, cfg, paths, base_dir, progress)
     else:  # scale:S:N, tau:S:T
         result = _stage2_variant(out, kind, seed, arg, cfg, base_dir, paths, progress)
+    result["naming"] = evaluation_naming()  # what current_result compares
     atomic_write_json(done, result)
+    return result
+
+
+def evaluates(task: str) -> bool:
+    """Whether a task's result holds evaluations (the pseudo-label files of scale-pl / tau-pl hold none)."""
+    return not _parse_task(task)[0].endswith("-pl")
+
+
+def current_result(folder: Path, evaluated: bool = True) -> dict | None:
+    """A task's cached result; None where missing, or where it holds evaluations named otherwise than today's
+    evaluation names (then its task runs again: its finished steps are kept, its stages evaluated again)."""
+    path = Path(folder) / "result.json"
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    return result if not evaluated or named_as_today(result) else None
+
+
+def _dependency(folder: Path, evaluated: bool = True) -> dict:
+    """The result of a task this one depends on (the study runs those first)."""
+    result = current_result(folder, evaluated)
+    if result is None:
+        raise StudyError(f"{folder}: its task has not finished with today's evaluation; run the study (or that "
+                         "task) first")
     return result
 
 
@@ -317,7 +346,7 @@ def _shared_pseudo_labels(out, kind, seed, cfg, paths, base_dir: Path, progress)
     settings = _settings_of(out)
     stage1 = base_dir / "stage1" / "last.pt"
     folder = task_dir(out, f"{kind}:{seed}")
-    base = json.loads((base_dir / "result.json").read_text())
+    base = _dependency(base_dir)
     ranking = _ranking(cfg, base)
     if kind == "scale-pl":
         store, _ = _extra_split(out, seed, settings, "web_scale", "web", max(settings.scale), progress, "web")
@@ -380,10 +409,10 @@ def _stage2_variant(out, kind, seed, arg, cfg, base_dir: Path, paths, progress) 
 
     folder = task_dir(out, f"{kind}:{seed}:{arg}")
     stage1 = base_dir / "stage1" / "last.pt"
-    base = json.loads((base_dir / "result.json").read_text())
+    base = _dependency(base_dir)
     if kind == "scale" and int(arg) == 0:
         return base["stage1"]
-    source = json.loads((task_dir(out, f"{kind}-pl:{seed}") / "result.json").read_text())
+    source = _dependency(task_dir(out, f"{kind}-pl:{seed}"), evaluated=False)
     pl = folder / "pseudo.json"
     if kind == "scale":
         n = int(arg)
@@ -411,6 +440,7 @@ def _oracle_selection(cfg: SelfTrainConfig, base_dir: Path, folder: Path, paths:
     from tal.pseudo import pseudo_label_store, select_true_positives
     from tal.selftrain import candidate_filter
 
+    base = _dependency(base_dir)
     stage1 = base_dir / "stage1" / "last.pt"
     candidates, pl = folder / "candidates.json", folder / "pseudo.json"
     if not candidates.exists():
@@ -418,7 +448,6 @@ def _oracle_selection(cfg: SelfTrainConfig, base_dir: Path, folder: Path, paths:
     if not pl.exists():
         select_true_positives(candidates, paths["web_annotations"], pl)
     summary = _stage2_on(cfg, folder, pl, stage1, paths["web_annotations"], progress)
-    base = json.loads((base_dir / "result.json").read_text())
     return {"stage1": base["stage1"], "stage2": summary,
             "counts": {"pseudo_label_details": {"round1.pseudo": {"quality": summary["pseudo_quality"]}}}}
 
@@ -426,11 +455,13 @@ def _oracle_selection(cfg: SelfTrainConfig, base_dir: Path, folder: Path, paths:
 def _stage2_on(cfg: SelfTrainConfig, folder: Path, pl: Path, stage1: Path, truth, progress: bool) -> dict:
     """Stage 2 from ``stage1`` on labels + the pseudo-label file ``pl``, evaluated; with its quality vs truth."""
     from tal.pseudo import pseudo_label_quality
-    from tal.selftrain import evaluate_stage, novel_classes, summarize, train_stage
+    from tal.selftrain import evaluate_stage, evaluated_as_today, novel_classes, summarize, train_stage
 
-    eval_path = folder / "eval.json"
+    eval_path, ckpt = folder / "eval.json", folder / "stage2" / "last.pt"
     if not eval_path.exists():
         ckpt = train_stage(cfg, folder / "stage2", [pl], stage1, progress)
+        atomic_write_json(eval_path, evaluate_stage(ckpt, cfg, progress))
+    elif not evaluated_as_today(eval_path):  # trained and evaluated before: evaluated again, not retrained
         atomic_write_json(eval_path, evaluate_stage(ckpt, cfg, progress))
     summary = summarize(json.loads(eval_path.read_text()))
     summary["pseudo_quality"] = pseudo_label_quality(pl, truth, novel=novel_classes(cfg))
@@ -496,7 +527,7 @@ def run_in_processes(out: Path, tasks: list[str], jobs: int) -> None:
     import sys
 
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    finished = lambda t: (task_dir(out, t) / "result.json").exists()  # noqa: E731
+    finished = lambda t: current_result(task_dir(out, t), evaluates(t)) is not None  # noqa: E731
     pending = [t for t in tasks if not finished(t)]
     running: dict = {}
     while pending or running:
@@ -548,14 +579,14 @@ def _quality_stats(qualities: list) -> dict:
 
 def collect(out: Path, settings: StudySettings) -> dict:
     """study.json's content from the finished tasks (missing ones are skipped, so a partial study collects)."""
-    def load(task):
-        path = task_dir(out, task) / "result.json"
-        return json.loads(path.read_text()) if path.exists() else None
+    def load(task):  # every result collected is named as today's evaluation names: said once, in study.json
+        found = current_result(task_dir(out, task))
+        return None if found is None else {k: v for k, v in found.items() if k != "naming"}
 
     mains = {s: load(f"main:{s}") for s in settings.seeds}
     mains = {s: r for s, r in mains.items() if r}
     result = {"simulated": True, "note": SIMULATED_NOTE, "settings": dataclasses.asdict(settings),
-              "seeds_done": sorted(mains), "main": {}, "ablations": {}}
+              "naming": evaluation_naming(), "seeds_done": sorted(mains), "main": {}, "ablations": {}}
     for label, keys in HEADLINES:
         row = {k: _stat([_lookup(r[k], keys) for r in mains.values()]) for k in ("stage1", "floor", "ceiling")}
         last = [_lookup(_last_stage(r), keys) for r in mains.values()]  # the self-trained model of each seed

@@ -34,12 +34,13 @@ def test_picks_the_planted_class():
     segs = torch.tensor([[20.0, 40.0], [70.0, 95.0], [22.0, 39.0]])
     actionness = torch.tensor([0.9, 0.4, 0.8])
     no_voting = dataclasses.replace(ModelConfig().nms(), voting_thresh=0.0)
-    out_segs, scores, labels = classify_proposals(feats, segs, actionness, text, OVConfig(), no_voting)
+    top1 = OVConfig(topk=1)
+    out_segs, scores, labels = classify_proposals(feats, segs, actionness, text, top1, no_voting)
     assert labels[0].item() == 3
     torch.testing.assert_close(out_segs[0], segs[0])
     # the model's own settings (one source: ModelConfig.nms(), score voting at 0.7 by default) apply here too:
     # the kept proposal is refined by its overlapping same-class neighbour [22, 39]
-    voted, _, voted_labels = classify_proposals(feats, segs, actionness, text, OVConfig())
+    voted, _, voted_labels = classify_proposals(feats, segs, actionness, text, top1)
     assert voted_labels[0].item() == 3 and 20.0 < voted[0, 0].item() < 22.0 and 39.0 < voted[0, 1].item() < 40.0
     probs = class_probabilities(feats, segs[:1], text)
     assert probs[0, 3] > 0.9
@@ -55,7 +56,7 @@ def test_score_fusion_modes(fusion):
     segs, act = torch.tensor([[20.0, 40.0]]), torch.tensor([0.5])
     p = class_probabilities(feats, segs, text)[0, 3].item()
     expected = {"geometric": math.sqrt(0.5 * p), "arithmetic": 0.5 * (0.5 + p), "actionness": 0.5, "class": p}
-    _, scores, labels = classify_proposals(feats, segs, act, text, OVConfig(fusion=fusion))
+    _, scores, labels = classify_proposals(feats, segs, act, text, OVConfig(fusion=fusion, topk=1))
     assert labels.tolist() == [3]
     assert scores[0].item() == pytest.approx(expected[fusion], rel=1e-5)
 
@@ -69,6 +70,25 @@ def test_topk_gives_k_candidates_per_proposal():
     assert labels[0].item() == 3
     assert sorted(labels[(out_segs[:, 0] == 20.0)].tolist()) == sorted(
         class_probabilities(feats, segs[:1], text)[0].topk(3).indices.tolist())
+
+
+def test_by_default_a_proposal_is_named_with_its_top_five_classes():
+    feats, text = planted_video(K=8)
+    segs, act = torch.tensor([[20.0, 40.0]]), torch.tensor([0.9])
+    no_floor = dataclasses.replace(ModelConfig().nms(), min_score=0.0, voting_thresh=0.0)
+    _, scores, labels = classify_proposals(feats, segs, act, text, nms=no_floor)
+    probs = class_probabilities(feats, segs, text)[0]
+    assert labels.tolist() == probs.topk(5).indices.tolist()  # best first, each class once
+    torch.testing.assert_close(scores, (0.9 * probs.topk(5).values).sqrt())
+
+
+def test_tal_infer_names_as_many_classes_as_the_evaluation_by_default():
+    from click.testing import CliRunner
+
+    from tal.cli.infer import main
+
+    help_text = " ".join(CliRunner().invoke(main, ["--help"]).output.split())
+    assert f"evaluation's, {OVConfig.topk}]" in help_text  # the help quotes OVConfig's default, which it passes on
 
 
 def test_bad_inputs():

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,9 +16,10 @@ import torch
 
 from test_pseudo import TINY_CLASSES, TINY_SETS, TINY_SPLIT, make_labelled_and_web, make_tiny_store
 
+from tal.model.ov import OVConfig
 from tal.pseudo import FilterConfig, pseudo_label_quality
 from tal.selftrain import (PROTOCOL_ROWS, EvalSet, RunState, SelfTrainConfig, SelfTrainError, _lookup, evaluate_stage,
-                           format_table, run_selftrain, stage_inputs, stage_run_config, summarize)
+                           format_table, named_as_today, run_selftrain, stage_inputs, stage_run_config, summarize)
 from tal.thresholds import ThresholdRule
 
 
@@ -146,6 +148,27 @@ def test_rerun_of_finished_run_does_nothing(reference_run, tiny_data):
     again = run_selftrain(_config(tiny_data), out, progress=False)
     assert (out / "stage2" / "last.pt").stat().st_mtime_ns == before
     assert again["stage2"] == report["stage2"]
+
+
+def test_a_stage_evaluated_with_another_naming_is_evaluated_again(reference_run, tiny_data, tmp_path):
+    """An eval.json from before evaluations recorded their naming (the top class only) is not compared with stages
+    named with today's top 5: a rerun evaluates that stage again, and trains nothing."""
+    out, report = reference_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    legacy = json.loads((run / "stage1" / "eval.json").read_text())
+    assert legacy.pop("naming") == OVConfig().to_dict()
+    legacy["novel_only"]["novel"]["average_mAP"] = -1.0  # what a top-1 evaluation had measured
+    (run / "stage1" / "eval.json").write_text(json.dumps(legacy))
+    untouched = {p: p.stat().st_mtime_ns for p in (run / "stage1" / "last.pt", run / "stage2" / "last.pt",
+                                                    run / "stage2" / "eval.json")}
+    again = run_selftrain(_config(tiny_data), run, progress=False)
+    assert again["stage1"] == report["stage1"] and again["stage2"] == report["stage2"]
+    assert json.loads((run / "stage1" / "eval.json").read_text())["naming"] == OVConfig().to_dict()
+    assert all(p.stat().st_mtime_ns == t for p, t in untouched.items())
+    assert json.loads((run / "state.json").read_text())["done"].count("stage1.eval") == 1
+    assert named_as_today({"naming": OVConfig().to_dict()}) and not named_as_today({})
+    assert not named_as_today({"naming": OVConfig(topk=1).to_dict()})
 
 
 def test_other_settings_on_existing_run_are_refused(reference_run, tiny_data):

@@ -189,6 +189,27 @@ def test_rerun_collects_without_training_and_other_settings_are_refused(study):
     assert same(collect(out, tiny_settings())["main"], again["main"])
 
 
+def test_a_task_evaluated_with_another_naming_runs_again_without_training(study):
+    """A main run's result and stage evaluations from before evaluations recorded their naming are evaluated again
+    (not mixed with tasks named with today's top 5); nothing is trained again and the figures are today's."""
+    out, result = study
+    folder, files = task_dir(out, "main:0"), task_dir(out, "scale-pl:0") / "result.json"
+    cached = json.loads((folder / "result.json").read_text())
+    checkpoints = {p: p.stat().st_mtime_ns for p in folder.glob("*/last.pt")}
+    for path in [folder / "result.json", *folder.glob("*/eval.json"), files]:
+        legacy = json.loads(path.read_text())
+        del legacy["naming"]
+        path.write_text(json.dumps(legacy))
+    stamp = files.stat().st_mtime_ns
+    again = run_study(out, tiny_settings(), progress=False)
+    assert files.stat().st_mtime_ns == stamp  # a pseudo-label task holds no evaluation: it does not run again
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (nan == nan)
+    assert same(json.loads((folder / "result.json").read_text()), cached) and same(again["main"], result["main"])
+    assert all(json.loads(p.read_text())["naming"] == cached["naming"] for p in folder.glob("*/eval.json"))
+    assert again["naming"] == cached["naming"]  # study.json says once how every figure in it was named
+    assert checkpoints and all(p.stat().st_mtime_ns == t for p, t in checkpoints.items())
+
+
 def test_cli_runs_tasks_in_parallel_processes(tmp_path):
     out = tmp_path / "study"
     cmd = [sys.executable, "-m", "tal.study", "--out", str(out), "--seeds", "4", "--ablations", "weight-1,in-domain",

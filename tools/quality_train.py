@@ -8,7 +8,7 @@ Prints (all figures are on simulated data, see docs/sim.md):
 
 Reruns reuse the simulated data and finished runs in --work (training resumes).
 Usage: python tools/quality_train.py [--work quality_train_out] [--seed 0] [--preset small] [--regime specific]
-       [--set k=v ...]
+       [--set k=v ...] [--topk K]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def run_training(out: Path, preset: str, mode: str, files: dict, overrides, spli
 
 
 @torch.no_grad()
-def random_proposal_baseline(store: Path, checkpoint: Path, vocabulary, seed: int) -> dict:
+def random_proposal_baseline(store: Path, checkpoint: Path, vocabulary, seed: int, ov_cfg: OVConfig) -> dict:
     """Per video: as many random segments as the model proposes (same lengths and actionness, random places),
     classified open-vocabulary exactly as the model's proposals are."""
     loc = Localizer.from_checkpoint(checkpoint)
@@ -71,7 +71,7 @@ def random_proposal_baseline(store: Path, checkpoint: Path, vocabulary, seed: in
                         resize_len=cfg.data.resize_len)
     collate = PadCollate(cfg.model.max_stride)
     text = torch.as_tensor(vocabulary.embeddings)
-    ov_cfg, nms = OVConfig(), cfg.model.nms()
+    nms = cfg.model.nms()
     rng = np.random.default_rng(seed)
     preds = {}
     for i in range(len(ds)):
@@ -99,7 +99,9 @@ def random_proposal_baseline(store: Path, checkpoint: Path, vocabulary, seed: in
 @click.option("--regime", default="specific", show_default=True, type=click.Choice(["specific", "shared"]),
               help="tal.sim regime of the simulated data.")
 @click.option("--set", "overrides", multiple=True, help="tal-train config override for both runs.")
-def main(work, seed, preset, regime, overrides):
+@click.option("--topk", default=None, type=click.IntRange(min=1),
+              help="Classes each proposal is named with (default: the evaluation's, tal.model.ov.OVConfig).")
+def main(work, seed, preset, regime, overrides, topk):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     work = Path(work) / regime  # data and runs of each regime apart
     work.mkdir(parents=True, exist_ok=True)
@@ -114,14 +116,15 @@ def main(work, seed, preset, regime, overrides):
     closed_all = evaluate_detection(gt, closed_preds, TIOU).average_mAP
     closed_novel = evaluate_protocol(gt, closed_preds, split, "novel", TIOU)["average_mAP"]
     novel_vocab = store_vocabulary(files["test_store"], "sim").restrict(split.novel)
-    ov_preds = dict(iter_detections(files["test_store"], agnostic, vocabulary=novel_vocab))
+    ov_cfg = OVConfig() if topk is None else OVConfig(topk=topk)
+    ov_preds = dict(iter_detections(files["test_store"], agnostic, vocabulary=novel_vocab, ov_config=ov_cfg))
     ov_novel = evaluate_protocol(gt, ov_preds, split, "novel", TIOU)["average_mAP"]
-    random_preds = random_proposal_baseline(files["test_store"], agnostic, novel_vocab, seed)
+    random_preds = random_proposal_baseline(files["test_store"], agnostic, novel_vocab, seed, ov_cfg)
     random_novel = evaluate_protocol(gt, random_preds, split, "novel", TIOU)["average_mAP"]
 
     result = {
         "simulated": True, "seed": seed, "preset": preset, "regime": regime, "overrides": list(overrides),
-        "tiou_thresholds": TIOU, "test_videos": len(gt.videos),
+        "tiou_thresholds": TIOU, "test_videos": len(gt.videos), "naming": ov_cfg.to_dict(),
         "closed_average_mAP": closed_all,
         "ov_novel_average_mAP": ov_novel,
         "random_proposals_novel_average_mAP": random_novel,
@@ -131,7 +134,7 @@ def main(work, seed, preset, regime, overrides):
     (work / "quality.json").write_text(json.dumps(result, indent=2))
     print(f"SIMULATED benchmark (tal-sim small, seed {seed}, regime {regime}), curated test, average mAP over tIoU 0.3:0.7")
     print(f"  {'closed vocabulary, all %d classes:' % len(split.all):44s}{closed_all:.4f}   (target >= 0.50)")
-    print(f"  {'agnostic (base) + OV, novel classes:':44s}{ov_novel:.4f}")
+    print(f"  {'agnostic (base) + OV, novel classes:':44s}{ov_novel:.4f}   (top {ov_cfg.topk} names per proposal)")
     print(f"  {'random proposals + OV, novel classes:':44s}{random_novel:.4f}   (baseline)")
     print(f"  {'closed vocabulary, novel classes:':44s}{closed_novel:.4f}   (upper bound)")
     print(f"  wall time {result['seconds']:.0f} s; {work / 'quality.json'}")

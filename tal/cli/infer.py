@@ -31,8 +31,9 @@ from features.cli_support import Command
               help="With --embed-names on a store made with random weights: embed anyway (tests, benchmarks).")
 @click.option("--fusion", type=click.Choice(["geometric", "arithmetic", "actionness", "class"]), default="geometric",
               show_default=True, help="Open-vocabulary score: sqrt(actionness*p), mean, actionness or p.")
-@click.option("--topk", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Candidate classes per proposal (OV).")
+@click.option("--topk", type=click.IntRange(min=1), default=None,
+              help="Classes per proposal (OV): each proposal is named with its top K classes, each scored by the "
+                   "fusion  [default: tal-selftrain's evaluation's, 5]")
 @click.option("--skip-missing", is_flag=True, help="Skip annotated videos missing from the stores.")
 @click.option("--prefer-store", type=click.Path(exists=True), default=None,
               help="A --features store whose rows win for videos that several stores hold with different rows "

@@ -1,7 +1,8 @@
 """Open-vocabulary classification of class-agnostic proposals with CLIP features and text embeddings.
 
 Each proposal's feature rows are mean-pooled, matched by cosine similarity to the class-name text embeddings,
-turned into class probabilities by a softmax at CLIP's logit scale, fused with the proposal's actionness, and
+turned into class probabilities by a softmax at CLIP's logit scale; each of its top ``topk`` classes (5 by
+default) becomes a detection scored by fusing that probability with the proposal's actionness, and those are
 de-duplicated class-wise with the model's own NMS settings (``ModelConfig.nms()``: one source for both paths).
 """
 
@@ -23,7 +24,7 @@ class OVConfig:
     """How proposals are named; how they are then de-duplicated is the model's (``NmsSettings``)."""
 
     logit_scale: float = 100.0
-    topk: int = 1  # candidate classes per proposal
+    topk: int = 5  # candidate classes per proposal (5, not 1: measured in docs/selftrain.md, "Naming")
     fusion: str = "geometric"  # sqrt(actionness * p) | (actionness + p) / 2 | actionness | p
 
     def __post_init__(self):
