@@ -87,7 +87,7 @@ def run_demo(out, seed: int = 0, *, progress: bool = True, overrides=(), counts:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="tal-train override for both stages.")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="torch CPU threads [default: torch's, one per core]. On a quiet 2-core machine two threads ran an "
-                   "earlier one-round demo in 423 s, one in 654 s (today's: 502 s on two); beside other jobs two ran "
+                   "earlier one-round demo in 423 s, one in 654 s (today's: 511 s on two); beside other jobs two ran "
                    "10x slower than one: there, pass 1.")
 @click.option("--no-progress", is_flag=True)
 def main(out, seed, overrides, threads, no_progress):

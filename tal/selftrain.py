@@ -421,22 +421,27 @@ def _train_and_evaluate(cfg, state, run_dir: Path, pseudo, init_from, progress, 
     if not cfg.tests:
         return {}
     step, path = f"{name}.eval", run_dir / "eval.json"
-    first = not state.finished(step)
-    if first or not evaluated_as_today(path):  # a finished stage named otherwise is evaluated again, not retrained
+    results = current_evaluation(path) if state.finished(step) else None
+    if results is None:  # a finished stage named otherwise is evaluated again, not retrained
         log.info("%s: evaluating %s", step, run_dir / "last.pt")
-        atomic_write_json(path, evaluate_stage(run_dir / "last.pt", cfg, progress))
-    if first:
-        state.mark(step)
-    return summarize(json.loads(path.read_text()))
+        results = evaluate_stage(run_dir / "last.pt", cfg, progress)
+        atomic_write_json(path, results)
+        if not state.finished(step):
+            state.mark(step)
+    return summarize(results)
 
 
-def evaluated_as_today(path: Path) -> bool:
-    """Whether ``path`` (an eval.json) named the proposals as today's evaluation does; one from before (the top
-    class only) is evaluated again rather than compared with stages named otherwise."""
-    if named_as_today(json.loads(path.read_text())):
-        return True
+def current_evaluation(path: Path) -> dict | None:
+    """The results in ``path`` (an eval.json); None where missing or where they named the proposals otherwise than
+    today's evaluation does (from before: the top class only): that stage is evaluated again rather than compared
+    with stages named otherwise."""
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    if named_as_today(results):
+        return results
     log.info("%s: named with other settings than today's evaluation: evaluating again", path)
-    return False
+    return None
 
 
 def write_pseudo_labels(cfg: SelfTrainConfig, ckpt: Path, pl: Path, filt: FilterConfig, why: dict,

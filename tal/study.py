@@ -455,15 +455,16 @@ def _oracle_selection(cfg: SelfTrainConfig, base_dir: Path, folder: Path, paths:
 def _stage2_on(cfg: SelfTrainConfig, folder: Path, pl: Path, stage1: Path, truth, progress: bool) -> dict:
     """Stage 2 from ``stage1`` on labels + the pseudo-label file ``pl``, evaluated; with its quality vs truth."""
     from tal.pseudo import pseudo_label_quality
-    from tal.selftrain import evaluate_stage, evaluated_as_today, novel_classes, summarize, train_stage
+    from tal.selftrain import current_evaluation, evaluate_stage, novel_classes, summarize, train_stage
 
     eval_path, ckpt = folder / "eval.json", folder / "stage2" / "last.pt"
-    if not eval_path.exists():
+    if not eval_path.exists():  # evaluated before: trained, and (named otherwise) only evaluated again
         ckpt = train_stage(cfg, folder / "stage2", [pl], stage1, progress)
-        atomic_write_json(eval_path, evaluate_stage(ckpt, cfg, progress))
-    elif not evaluated_as_today(eval_path):  # trained and evaluated before: evaluated again, not retrained
-        atomic_write_json(eval_path, evaluate_stage(ckpt, cfg, progress))
-    summary = summarize(json.loads(eval_path.read_text()))
+    results = current_evaluation(eval_path)
+    if results is None:
+        results = evaluate_stage(ckpt, cfg, progress)
+        atomic_write_json(eval_path, results)
+    summary = summarize(results)
     summary["pseudo_quality"] = pseudo_label_quality(pl, truth, novel=novel_classes(cfg))
     summary["pseudo_labels"] = summary["pseudo_quality"]["pseudo_labels"]
     return summary
