@@ -399,3 +399,15 @@ def test_ranked_ap_visits_only_true_positives_yet_equals_the_plain_loop(seed):
         mine = ranked_average_precision(matched, positive, gt_class, bounds, skip_others=skip, normalize=norm)
         ref = plain_ranked_ap(matched, positive, gt_class, bounds, skip, norm)
         np.testing.assert_allclose(mine, ref, rtol=0, atol=1e-12)
+
+
+def test_predictions_of_a_class_without_ground_truth_are_named_apart_from_unknown_labels():
+    gt = make_gt({"v": [(0, 10, "a")]})
+    preds = {"v": [Detection("a", 0.9, 0, 10), Detection("b", 0.95, 0, 10), Detection("b", 0.5, 20, 30),
+                   Detection("zzz", 0.9, 0, 10)]}
+    with pytest.warns(EvaluationWarning) as record:
+        r = evaluate_detection(gt, preds, [0.5], classes=["a", "b"])
+    assert [str(w.message) for w in record] == [
+        "ignored 2 prediction(s) of class(es) without ground truth in these videos (b), left out of the mean; "
+        "ignored 1 prediction(s) with labels outside the evaluated classes"]
+    assert r.missing_classes == ["b"] and r.ignored_predictions == 3 and r.mAP[0] == 1.0

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -189,19 +190,28 @@ def test_rerun_collects_without_training_and_other_settings_are_refused(study):
     assert same(collect(out, tiny_settings())["main"], again["main"])
 
 
-def test_a_task_evaluated_with_another_naming_runs_again_without_training(study):
+def test_a_task_evaluated_with_another_naming_runs_again_without_training(study, monkeypatch):
     """A main run's result and stage evaluations from before evaluations recorded their naming are evaluated again
-    (not mixed with tasks named with today's top 5); nothing is trained again and the figures are today's."""
+    (not mixed with tasks named with today's top 5); nothing is trained again and the figures are today's. The
+    main run's copy of stage 1 takes the base task's fresh evaluation instead of evaluating that checkpoint again."""
+    import tal.selftrain
+
     out, result = study
-    folder, files = task_dir(out, "main:0"), task_dir(out, "scale-pl:0") / "result.json"
+    folder, files, base = task_dir(out, "main:0"), task_dir(out, "scale-pl:0") / "result.json", task_dir(out, "base:0")
     cached = json.loads((folder / "result.json").read_text())
     checkpoints = {p: p.stat().st_mtime_ns for p in folder.glob("*/last.pt")}
-    for path in [folder / "result.json", *folder.glob("*/eval.json"), files]:
+    for path in [folder / "result.json", *folder.glob("*/eval.json"), files, base / "result.json",
+                 base / "stage1" / "eval.json"]:
         legacy = json.loads(path.read_text())
         del legacy["naming"]
         path.write_text(json.dumps(legacy))
     stamp = files.stat().st_mtime_ns
+    evaluated, evaluate = [], tal.selftrain.evaluate_stage
+    monkeypatch.setattr(tal.selftrain, "evaluate_stage", lambda ckpt, *a, **k: evaluated.append(Path(ckpt)) or
+                        evaluate(ckpt, *a, **k))
     again = run_study(out, tiny_settings(), progress=False)
+    assert evaluated.count(base / "stage1" / "last.pt") == 1 and folder / "stage1" / "last.pt" not in evaluated
+    assert (folder / "stage1" / "eval.json").read_text() == (base / "stage1" / "eval.json").read_text()
     assert files.stat().st_mtime_ns == stamp  # a pseudo-label task holds no evaluation: it does not run again
     same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (nan == nan)
     assert same(json.loads((folder / "result.json").read_text()), cached) and same(again["main"], result["main"])
@@ -234,8 +244,6 @@ def test_bad_options_are_usage_errors(tmp_path, args, message):
 
 
 def test_proposal_recall_counts_top_k_matches_per_class_group():
-    from pathlib import Path
-
     from tal.data.annotations import AnnotationSet, Segment, VideoAnnotation
     from tal.eval.predictions import Detection
 
@@ -257,8 +265,6 @@ def test_proposal_recall_counts_top_k_matches_per_class_group():
 def test_pseudo_ranking_tool_rescores_stage1_proposals_by_agreement_and_recurrence(study, tmp_path):
     """tools/pseudo_ranking.py on the study's stage 1 and its cross-fitted fold models (real checkpoints and
     stores): the `stage1` ranking is stage 1's own proposals as they are, the others re-score the same ones."""
-    from pathlib import Path
-
     from click.testing import CliRunner
 
     from tal.data.annotations import load_annotations

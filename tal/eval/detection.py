@@ -77,6 +77,23 @@ class DetectionReport:
         return out
 
 
+def _ignored_message(preds, evaluated, missing) -> str:
+    """Why predictions were not scored: labels of requested classes without ground truth here (named: a small
+    test set often lacks a class; the official evaluator leaves it out of the mean) or outside the vocabulary."""
+    known, without_gt = set(evaluated), set(missing)
+    outside = [d.label for dets in preds.values() for d in dets if d.label not in known]
+    no_gt = [label for label in outside if label in without_gt]
+    parts = []
+    if no_gt:
+        names = sorted(set(no_gt))
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        parts.append(f"ignored {len(no_gt)} prediction(s) of class(es) without ground truth in these videos "
+                     f"({shown}), left out of the mean")
+    if len(outside) > len(no_gt):
+        parts.append(f"ignored {len(outside) - len(no_gt)} prediction(s) with labels outside the evaluated classes")
+    return "; ".join(parts)
+
+
 def evaluate_detection(gt: AnnotationSet, preds: dict[str, list[Detection]], tiou_thresholds,
                        dedup_gt: bool = False, classes=None, *, breakdown_bins: str | None = None,
                        ties: str = "official", return_matching: bool = False):
@@ -91,8 +108,7 @@ def evaluate_detection(gt: AnnotationSet, preds: dict[str, list[Detection]], tio
     missing = [] if classes is None else [c for c in dict.fromkeys(classes) if c not in set(gt_arrays.classes)]
     pred_arrays = flatten_predictions(preds, gt_arrays, ties)
     if pred_arrays.ignored:
-        warnings.warn(f"ignored {pred_arrays.ignored} prediction(s) with labels outside the evaluated classes",
-                      EvaluationWarning, stacklevel=2)
+        warnings.warn(_ignored_message(preds, gt_arrays.classes, missing), EvaluationWarning, stacklevel=2)
     if pred_arrays.unmatched_video:
         warnings.warn(f"{pred_arrays.unmatched_video} prediction(s) are on videos without ground truth "
                       f"(counted as false positives)", EvaluationWarning, stacklevel=2)
