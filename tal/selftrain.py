@@ -42,7 +42,13 @@ UNSEEN_DIR = "unseen_classes"  # --recurrence-weight / --rounds auto: the class-
 # --rounds auto where held-out classes are found at most UNSEEN_RATIO as well as held-out videos: this many rounds,
 # each from the second on stopped where its pseudo-labels outgrow the human labels (measured in docs/selftrain.md)
 AUTO_ROUNDS, AUTO_STOP_DENSITY = 3, 1.0
-NO_CHECK_HINT = " (the class check of --rounds / --recurrence-weight auto; give both a number to run without it)"
+# How a stage >= 2 spends its epoch (label_passes_plan): "mixed", every labelled and every unlabelled video once;
+# "kept", the floor's passes over the labelled videos kept (as many labelled clips as labelled + unlabelled videos)
+# and every unlabelled video added; "auto": kept where the class check finds held-out classes more than
+# UNSEEN_RATIO as well, else mixed (measured in docs/selftrain.md)
+LABEL_PASSES = ("auto", "mixed", "kept")
+NO_CHECK_HINT = (" (the class check of --rounds / --recurrence-weight / --label-passes auto; give the first two a "
+                 "number and --label-passes mixed or kept to run without it)")
 SETTINGS_NAME = "selftrain.json"
 SIMULATED_NOTE = "SIMULATED DATA (tal.sim): figures show the method's behaviour, not real-video accuracy"
 # how evaluations recorded before they recorded their naming (eval.json, study results) named proposals: top class
@@ -93,6 +99,7 @@ class SelfTrainConfig:
     # Rounds >= 2 stop before training on pseudo-labels more than this many times as dense per minute as the
     # human labels (pseudo_label_density); None: every round runs (AUTO_STOP_DENSITY where --rounds auto chose more).
     stop_density: float | None = None
+    label_passes: str = "auto"  # stages >= 2: LABEL_PASSES
     tests: list[EvalSet] = field(default_factory=list)
     vocab: str | None = None  # store vocabulary holding the split's class names (test stores)
     tiou: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.5, 0.6, 0.7])
@@ -119,6 +126,11 @@ class SelfTrainConfig:
         if self.stop_density is not None and self.rounds != "auto" and self.rounds < 2:
             raise SelfTrainError(f"--stop-density stops rounds from the second on: it needs --rounds 2 or more, got "
                                  f"--rounds {self.rounds}")
+        if self.label_passes not in LABEL_PASSES:
+            raise SelfTrainError(f"--label-passes must be one of {', '.join(LABEL_PASSES)}, got {self.label_passes!r}")
+        if self.label_passes == "kept" and epoch_given(self):
+            raise SelfTrainError("--label-passes kept sets stage 2's epoch itself: not with --pseudo-ratio or a "
+                                 "data.pseudo_ratio / data.epoch_clips override (give --label-passes mixed)")
         if self.init not in ("ema", "finetune", "none"):
             raise SelfTrainError(f"init must be ema, finetune or none, got {self.init!r}")
         if self.tests and (self.split is None or self.vocab is None):
@@ -166,7 +178,8 @@ class RunState:
         if settings.exists():
             # read back through from_dict: settings recorded before a field existed hold what it defaulted to
             try:
-                found = _comparable(SelfTrainConfig.from_dict(json.loads(settings.read_text())).to_dict())
+                recorded = json.loads(settings.read_text())
+                found = _comparable(SelfTrainConfig.from_dict(recorded).to_dict())
             except (TypeError, KeyError, ValueError, AttributeError) as e:
                 raise SelfTrainError(f"{settings}: not the settings of a tal-selftrain run ({e}); choose another "
                                      "--out") from None
@@ -176,8 +189,11 @@ class RunState:
                 differing = ", ".join(_differing(diff, found, wanted))
                 raise SelfTrainError(f"{self.out} was started with other settings ({differing}); "
                                      "rerun with the same options or choose another --out")
+            # its later stages trained each video once per epoch: a resumed run goes on as it started
+            self.before_label_passes = "label_passes" not in recorded
         else:
             atomic_write_json(settings, cfg.to_dict())
+            self.before_label_passes = False
         path = self.out / STATE_NAME
         self.done: list[str] = json.loads(path.read_text())["done"] if path.exists() else []
 
@@ -228,18 +244,23 @@ def stage_inputs(cfg: SelfTrainConfig, pseudo=()):
 
 
 def train_stage(cfg: SelfTrainConfig, run_dir: Path, pseudo: list[Path], init_from: Path | None,
-                 progress: bool, floor: bool = False) -> Path:
+                 progress: bool, floor: bool = False, passes: str = "mixed") -> Path:
     """One stage's training. ``floor``: the later stages' recipe on the human labels alone, at the compute
-    of a stage with pseudo-labels (an epoch of as many clips as labelled + unlabelled videos)."""
+    of a stage with pseudo-labels. ``passes`` (LABEL_PASSES, resolved) of a stage with pseudo-labels: "mixed", an
+    epoch of every labelled and every pseudo-labelled video once; "kept", as many labelled clips as labelled +
+    unlabelled videos (the mixed floor's) plus one per unlabelled video; the floor trains as many clips."""
     from tal.train import train
 
     run_cfg = stage_run_config(cfg, later=bool(pseudo) or floor)
     inputs = stage_inputs(cfg, pseudo)
-    if floor:
+    if floor or (pseudo and passes == "kept"):
         from tal.crossfit import labelled_videos
 
-        clips = len(labelled_videos(inputs).videos) + _count_videos([cfg.unlabeled_features])
-        run_cfg.data.epoch_clips = clips
+        unlabelled = _count_videos([cfg.unlabeled_features])
+        extra = unlabelled if passes == "kept" else 0
+        run_cfg.data.epoch_clips = len(labelled_videos(inputs).videos) + unlabelled + extra
+        if pseudo:
+            run_cfg.data.pseudo_ratio = unlabelled / run_cfg.data.epoch_clips
     init = {}
     if init_from is not None and cfg.init == "ema":
         init["init_ema_from"] = init_from
@@ -349,7 +370,9 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
     stages: dict[str, dict] = {}
     pseudo_counts: dict[str, dict] = {}
     pseudo_files: list[Path] = []  # the pseudo-labels the last stage trained on
-    stopped, stage, plan = None, 1, {"rounds": cfg.rounds, "stop_density": cfg.stop_density}
+    stopped, stage = None, 1
+    plan = {"rounds": cfg.rounds, "stop_density": cfg.stop_density,
+            "label_passes": label_passes_plan(cfg, None, state.before_label_passes)}
     while True:
         name = f"stage{stage}"
         pseudo = []
@@ -375,10 +398,14 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
             if stopped:
                 break
             pseudo = [pl]
-        stages[name] = _train_and_evaluate(cfg, state, out / name, pseudo, ckpt if stage > 1 else None, progress)
+        passes = plan["label_passes"]["passes"]
+        stages[name] = _train_and_evaluate(cfg, state, out / name, pseudo, ckpt if stage > 1 else None, progress,
+                                           passes=passes)
         ckpt, pseudo_files = out / name / "last.pt", pseudo
-        if stage == 1 and cfg.rounds != 0 and uses_class_check(cfg):
-            plan = round_plan(cfg, class_check(cfg, state, out, progress))
+        if stage == 1 and cfg.rounds != 0 and uses_class_check(cfg, state.before_label_passes):
+            check = class_check(cfg, state, out, progress)
+            plan = {**round_plan(cfg, check), "label_passes": label_passes_plan(cfg, check, state.before_label_passes)}
+            log.info("label passes: %s (%s)", plan["label_passes"]["passes"], plan["label_passes"]["source"])
         if stage > plan["rounds"]:
             break
         stage += 1
@@ -387,10 +414,10 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
         if not truth.exists():
             oracle_pseudo_labels(cfg.unlabeled_truth, out / "pseudo_round1.json", truth)
         stages["ceiling"] = _train_and_evaluate(cfg, state, out / "ceiling", [truth], out / "stage1" / "last.pt",
-                                                progress)
+                                                progress, passes=plan["label_passes"]["passes"])
     if cfg.floor and plan["rounds"] >= 1:
         stages["floor"] = _train_and_evaluate(cfg, state, out / "floor", [], out / "stage1" / "last.pt", progress,
-                                              floor=True)
+                                              floor=True, passes=plan["label_passes"]["passes"])
     report = build_report(cfg, out, stages, pseudo_counts, plan)
     if stopped:
         report["stopped"] = stopped
@@ -410,13 +437,14 @@ def _density_stop(limit: float | None, stage: int, step: str, counts: dict) -> d
     return {"before_stage": stage, "step": step, "density_ratio": ratio, "stop_density": limit}
 
 
-def _train_and_evaluate(cfg, state, run_dir: Path, pseudo, init_from, progress, floor: bool = False) -> dict:
+def _train_and_evaluate(cfg, state, run_dir: Path, pseudo, init_from, progress, floor: bool = False,
+                        passes: str = "mixed") -> dict:
     """One stage's training and evaluation steps; the stage's summary (empty without test sets)."""
     name = run_dir.name
     step = f"{name}.train"
     if not state.finished(step):
         log.info("%s: training%s", step, f" on labels + {pseudo[0].name}" if pseudo else " on human labels")
-        train_stage(cfg, run_dir, pseudo, init_from, progress, floor=floor)
+        train_stage(cfg, run_dir, pseudo, init_from, progress, floor=floor, passes=passes)
         state.mark(step)
     if not cfg.tests:
         return {}
@@ -484,9 +512,11 @@ def _check_record(out) -> dict:
     return json.loads(path.read_text())
 
 
-def uses_class_check(cfg: SelfTrainConfig) -> bool:
-    """Whether something of the run is chosen by :func:`class_check`: the recurrence's weight or the rounds."""
-    return cfg.rounds == "auto" or (cfg.recurrence_weight == "auto" and cfg.rerank != "score")
+def uses_class_check(cfg: SelfTrainConfig, before_label_passes: bool = False) -> bool:
+    """Whether something of the run is chosen by :func:`class_check`: the recurrence's weight, the rounds or the
+    label passes (not in a run started before --label-passes existed: :func:`label_passes_plan`)."""
+    return (cfg.rounds == "auto" or (cfg.label_passes == "auto" and not before_label_passes)
+            or (cfg.recurrence_weight == "auto" and cfg.rerank != "score"))
 
 
 def class_check(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: bool) -> dict:
@@ -560,6 +590,34 @@ def round_plan(cfg: SelfTrainConfig, check: dict) -> dict:
             "rule": f"{AUTO_ROUNDS} rounds, a later one stopped where its pseudo-labels are more than {limit:g} x as "
                     f"dense as the human labels, where held-out classes' AP is at most {UNSEEN_RATIO} x the held-out "
                     "videos' AP of the trained classes, else 1"}
+
+
+def label_passes_plan(cfg: SelfTrainConfig, check: dict | None, before_option: bool = False) -> dict:
+    """How stages >= 2 (and the ceiling, the floor) spend an epoch (:func:`train_stage`): ``cfg``'s, or with
+    ``--label-passes auto`` "kept" where the class check found held-out classes more than UNSEEN_RATIO as well as
+    held-out videos — there longer training on the labels teaches the unseen classes too and pseudo-labels in a
+    mixed epoch cut it short — else "mixed" (there it over-fits the trained classes; docs/selftrain.md).
+    ``before_option``: the run started before the option existed; it goes on as it trained ("mixed")."""
+    from tal.recurrence import UNSEEN_RATIO, misses_unseen
+
+    if cfg.label_passes != "auto":
+        return {"passes": cfg.label_passes, "source": "given (--label-passes)"}
+    if before_option:
+        return {"passes": "mixed", "source": "recorded: the run started before --label-passes existed"}
+    if epoch_given(cfg):
+        return {"passes": "mixed", "source": "chosen (--label-passes auto): the epoch is given (--pseudo-ratio or "
+                                             "data.pseudo_ratio / data.epoch_clips)"}
+    ratio = (check or {}).get("ratio")
+    return {"passes": "mixed" if ratio is None or misses_unseen(ratio) else "kept",
+            "source": "chosen (--label-passes auto)", "ratio": ratio,
+            "rule": f"kept where held-out classes' AP is more than {UNSEEN_RATIO} x the held-out videos' AP of the "
+                    "trained classes, else mixed"}
+
+
+def epoch_given(cfg: SelfTrainConfig) -> bool:
+    """Whether the user set the later stages' epoch (share of pseudo-labelled clips or clips per epoch)."""
+    keys = {item.split("=", 1)[0].strip() for item in list(cfg.overrides) + list(cfg.later_overrides)}
+    return cfg.pseudo_ratio is not None or bool(keys & {"data.pseudo_ratio", "data.epoch_clips"})
 
 
 def candidate_filter(filt: FilterConfig) -> FilterConfig:
@@ -755,7 +813,8 @@ def build_report(cfg: SelfTrainConfig, out: Path, stages: dict, pseudo_counts: d
         weight = _weight_record(cfg, out)
         report["recurrence_weight"] = {k: weight[k] for k in ("weight", "source", "ratio") if k in weight}
     if cfg.rounds == "auto":
-        report["rounds_choice"] = plan
+        report["rounds_choice"] = {k: v for k, v in plan.items() if k != "label_passes"}
+    report["label_passes"] = plan["label_passes"]
     if "ceiling" in stages:
         report["recovery"] = ceiling_recovery(report)
         if "floor" in stages:
@@ -851,6 +910,16 @@ def format_table(report: dict) -> str:
                      f"{plan['stop_density']:g} x as dense as the human labels")
         lines.append(line + (" (chosen: the class check gave no ratio)" if plan.get("ratio") is None else
                              f" (chosen: the class check's ratio {plan['ratio']:.2f})"))
+    passes = report.get("label_passes")
+    if passes and report.get("rounds", 0) != 0:
+        line = ("label passes: kept (each epoch of a later stage keeps the floor's passes over the labelled videos "
+                "and adds every unlabelled video)" if passes["passes"] == "kept" else
+                "label passes: mixed (each epoch of a later stage holds every labelled and unlabelled video once)")
+        if passes.get("ratio") is not None:
+            line += f" (chosen: the class check's ratio {passes['ratio']:.2f})"
+        elif passes["source"].startswith("recorded"):
+            line += " (the run started before --label-passes existed)"
+        lines.append(line)
     stop = report.get("stopped")
     if stop:
         lines.append(f"stopped before stage {stop['before_stage']}: {stop['step']}'s pseudo-labels are "

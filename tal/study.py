@@ -226,17 +226,16 @@ def _dependency(folder: Path, evaluated: bool = True) -> dict:
 def _base(cfg: SelfTrainConfig, folder: Path, paths: dict, progress: bool) -> dict:
     """What every run of a seed shares: stage 1, its evaluation, the pseudo-label thresholds it implies and what
     the class check chooses (the recurrence's weight in the ranking, the rounds)."""
-    from tal.selftrain import RunState, class_check, pseudo_filter, run_selftrain, uses_class_check
+    from tal.selftrain import RunState, class_check, label_passes_plan, pseudo_filter, run_selftrain, uses_class_check
 
     first = dataclasses.replace(cfg, rounds=0, ceiling=False, floor=False)
     report = run_selftrain(first, folder, progress=progress)
     state = RunState(folder, first)
-    if uses_class_check(cfg):
-        class_check(first, state, folder, progress)
+    check = class_check(first, state, folder, progress) if uses_class_check(cfg) else None
     filt, why = pseudo_filter(first, state, folder, progress)
     return {"stage1": report["stage1"], "counts": report["counts"], "threshold": filt.threshold,
             "ignore_threshold": filt.ignore_threshold, "ranking": why["ranking"],
-            "recurrence_weight": why.get("recurrence_weight")}
+            "recurrence_weight": why.get("recurrence_weight"), "label_passes": label_passes_plan(cfg, check)}
 
 
 def task_dependencies(task: str) -> list[str]:
@@ -271,7 +270,7 @@ def _selftrain(cfg: SelfTrainConfig, folder: Path, paths: dict, progress: bool) 
     cfg = dataclasses.replace(cfg, unlabeled_truth=str(paths["web_annotations"]))
     report = run_selftrain(cfg, folder, progress=progress)
     keep = ("floor", "ceiling", "recovery", "counts", "threshold", "stopped", "rounds", "rounds_choice",
-            *stage_names(report))
+            "label_passes", *stage_names(report))
     return {k: report[k] for k in keep if k in report}
 
 
@@ -442,7 +441,7 @@ def _stage2_variant(out, kind, seed, arg, cfg, base_dir: Path, paths, progress) 
         _rerank(Path(source["file"]), source["store"], folder / "reranked.json", cfg, base_dir, progress, limit=n)
     if not pl.exists():
         refilter(folder / "reranked.json" if ranked else source["file"], pl, filt, limit=n)
-    summary = _stage2_on(cfg, folder, pl, stage1, truth, progress)
+    summary = _stage2_on(cfg, folder, pl, stage1, truth, progress, _passes(cfg, base))
     summary["ranking"] = ranking
     return summary
 
@@ -460,19 +459,28 @@ def _oracle_selection(cfg: SelfTrainConfig, base_dir: Path, folder: Path, paths:
         pseudo_label_store(paths["web_store"], stage1, candidates, candidate_filter(cfg.filter), progress=progress)
     if not pl.exists():
         select_true_positives(candidates, paths["web_annotations"], pl)
-    summary = _stage2_on(cfg, folder, pl, stage1, paths["web_annotations"], progress)
+    summary = _stage2_on(cfg, folder, pl, stage1, paths["web_annotations"], progress, _passes(cfg, base))
     return {"stage1": base["stage1"], "stage2": summary,
             "counts": {"pseudo_label_details": {"round1.pseudo": {"quality": summary["pseudo_quality"]}}}}
 
 
-def _stage2_on(cfg: SelfTrainConfig, folder: Path, pl: Path, stage1: Path, truth, progress: bool) -> dict:
+def _passes(cfg: SelfTrainConfig, base: dict) -> str:
+    """How a stage 2 of this task spends its epoch: the main runs' choice (the base task's record; "mixed" in
+    results from before it existed), or "mixed" where the task sets the epoch itself (``scale``'s fixed compute)."""
+    from tal.selftrain import epoch_given
+
+    return "mixed" if epoch_given(cfg) else (base.get("label_passes") or {}).get("passes", "mixed")
+
+
+def _stage2_on(cfg: SelfTrainConfig, folder: Path, pl: Path, stage1: Path, truth, progress: bool,
+               passes: str) -> dict:
     """Stage 2 from ``stage1`` on labels + the pseudo-label file ``pl``, evaluated; with its quality vs truth."""
     from tal.pseudo import pseudo_label_quality
     from tal.selftrain import current_evaluation, evaluate_stage, novel_classes, summarize, train_stage
 
     eval_path, ckpt = folder / "eval.json", folder / "stage2" / "last.pt"
     if not eval_path.exists():  # evaluated before: trained, and (named otherwise) only evaluated again
-        ckpt = train_stage(cfg, folder / "stage2", [pl], stage1, progress)
+        ckpt = train_stage(cfg, folder / "stage2", [pl], stage1, progress, passes=passes)
     results = current_evaluation(eval_path)
     if results is None:
         results = evaluate_stage(ckpt, cfg, progress)

@@ -9,10 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from test_pseudo import TINY_CLASSES, TINY_SETS, TINY_SPLIT, make_labelled_and_web, make_tiny_store
 
@@ -45,6 +47,7 @@ def tiny_data(tmp_path_factory):
 def _config(root, **kw) -> SelfTrainConfig:
     kw.setdefault("recurrence_weight", 0.5)  # auto trains class-held-out fold models: chosen_run's test below
     kw.setdefault("rounds", 1)  # and so does --rounds auto
+    kw.setdefault("label_passes", "mixed")  # and --label-passes auto
     return SelfTrainConfig(
         [str(root / "lab.zarr")], [str(root / "lab.json")], str(root / "web.zarr"),
         filter=FilterConfig(threshold=0.1), threshold_rule=None, split=str(root / "split.json"), preset="small",
@@ -61,7 +64,8 @@ def _cli_args(root, out):
             "--test-features", root / "test.zarr", "--test-annotations", root / "test.json",
             "--cross-features", root / "webtest.zarr", "--cross-annotations", root / "webtest.json",
             "--vocab", "tiny", "--simulated", "--no-progress",
-            "--rounds", "1", "--recurrence-weight", "0.5"]  # what _config runs, without the class check
+            "--rounds", "1", "--recurrence-weight", "0.5",  # what _config runs, without the class check
+            "--label-passes", "mixed"]
     for item in TINY_SETS:
         args += ["--set", item]
     return [str(a) for a in args]
@@ -258,7 +262,7 @@ def chosen_run(tiny_data, tmp_path_factory):
     the ranking chosen on the held-out proposals (--rerank auto)."""
     out = tmp_path_factory.mktemp("st_chosen") / "run"
     cfg = _config(tiny_data, unlabeled_truth=str(tiny_data / "web.json"), ceiling=True, floor=True, rerank="auto",
-                  recurrence_weight="auto")
+                  recurrence_weight="auto", label_passes="auto")
     cfg.threshold_rule = ThresholdRule(precision=0.5, recall=0.9)
     return out, run_selftrain(cfg, out, progress=False)
 
@@ -293,6 +297,66 @@ def test_the_recurrence_weight_is_chosen_on_class_held_out_folds(chosen_run, tin
     if prov["ranking"] == "recurrence":  # (--rerank auto may have kept the score's order)
         assert prov["recurrence_weight"] == choice
         assert prov["rerank"]["weight"] == choice["weight"]
+
+
+def _epoch(run_dir) -> tuple:
+    data = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
+    return data["epoch_clips"], data["pseudo_ratio"]
+
+
+def test_label_passes_follow_the_class_check(chosen_run, tiny_data):
+    """auto: the floor's passes over the labelled videos kept where held-out classes are found more than half as
+    well, else every video once per epoch; the ceiling and the floor follow the later stages' choice."""
+    out, report = chosen_run
+    ratio = json.loads((out / "unseen_classes" / "choice.json").read_text())["ratio"]
+    kept = ratio is not None and ratio > 0.5
+    assert report["label_passes"]["passes"] == ("kept" if kept else "mixed")
+    assert report["label_passes"]["ratio"] == ratio
+    labelled, web = 24, 32
+    for stage in ("stage2", "ceiling"):
+        assert _epoch(out / stage) == ((labelled + 2 * web, pytest.approx(web / (labelled + 2 * web))) if kept
+                                       else (None, None))
+    assert _epoch(out / "floor") == (labelled + web + (web if kept else 0), None)
+    assert f"label passes: {'kept' if kept else 'mixed'}" in format_table(report)
+
+
+def test_label_passes_plan_reads_the_check_and_what_the_user_gave(tiny_data):
+    from tal.selftrain import label_passes_plan
+
+    auto = _config(tiny_data, label_passes="auto")
+    assert label_passes_plan(auto, {"ratio": 0.76})["passes"] == "kept"
+    assert label_passes_plan(auto, {"ratio": 0.5})["passes"] == "mixed"  # at most half as well: mixed
+    assert label_passes_plan(auto, {"ratio": None})["passes"] == "mixed"  # no classes to hold out: no evidence
+    assert label_passes_plan(auto, {"ratio": 0.76}, before_option=True)["passes"] == "mixed"
+    for given in ({"pseudo_ratio": 0.5}, {"later_overrides": ["data.epoch_clips=100"]}):
+        assert label_passes_plan(_config(tiny_data, label_passes="auto", **given), {"ratio": 0.9})["passes"] == "mixed"
+        with pytest.raises(SelfTrainError, match="--label-passes kept sets stage 2's epoch itself"):
+            _config(tiny_data, label_passes="kept", **given).validate()
+    assert label_passes_plan(_config(tiny_data, label_passes="kept"), {"ratio": 0.1})["passes"] == "kept"
+
+
+def test_kept_label_passes_train_the_floors_labelled_clips_plus_the_unlabelled(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    report = run_selftrain(_config(tiny_data, label_passes="kept", floor=True), out, progress=False)
+    assert report["label_passes"] == {"passes": "kept", "source": "given (--label-passes)"}
+    assert _epoch(out / "stage2") == (24 + 64, pytest.approx(32 / 88)) and _epoch(out / "floor") == (88, None)
+    assert _epoch(out / "stage1") == (None, None)
+
+
+def test_a_run_started_before_label_passes_existed_goes_on_mixed(reference_run, tmp_path):
+    """Its settings lack the option: resumed with the default (auto), nothing is trained again, no class check
+    runs, and the report says its later stages trained every video once per epoch."""
+    out = tmp_path / "run"
+    shutil.copytree(reference_run[0], out)
+    settings = json.loads((out / "selftrain.json").read_text())
+    del settings["label_passes"]
+    (out / "selftrain.json").write_text(json.dumps(settings))
+    stamp = (out / "stage2" / "last.pt").stat().st_mtime_ns
+    cfg = _config(Path(settings["labeled_features"][0]).parent, label_passes="auto")
+    report = run_selftrain(cfg, out, progress=False)
+    assert report["label_passes"]["passes"] == "mixed" and report["label_passes"]["source"].startswith("recorded")
+    assert (out / "stage2" / "last.pt").stat().st_mtime_ns == stamp and not (out / "unseen_classes").exists()
+    assert "(the run started before --label-passes existed)" in format_table(report)
 
 
 def test_thresholds_chosen_on_held_out_videos_are_recorded_with_why(chosen_run):
@@ -345,7 +409,8 @@ def test_ceiling_floor_and_recovery_are_reported(chosen_run, tiny_data):
     assert {v: [a["segment"] for a in x["annotations"]] for v, x in truth.items()} == \
         {v: [a["segment"] for a in x["annotations"]] for v, x in web.items()}
     floor = torch.load(out / "floor" / "last.pt", weights_only=True)
-    assert floor["inputs"]["pseudo"] == [] and floor["config"]["data"]["epoch_clips"] == 24 + 32
+    extra = 32 if report["label_passes"]["passes"] == "kept" else 0  # as many clips as stage 2 trains
+    assert floor["inputs"]["pseudo"] == [] and floor["config"]["data"]["epoch_clips"] == 24 + 32 + extra
     for label, keys in PROTOCOL_ROWS:
         s1, s2, top, low = (_lookup(report[k], keys) for k in ("stage1", "stage2", "ceiling", "floor"))
         if top > s1:

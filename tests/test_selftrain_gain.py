@@ -11,7 +11,10 @@ re-ranked by recurrence (the default since): novel-only 27.74 -> 29.55, generali
 44.96 -> 43.40, cross-domain 38.02 -> 43.94 — less novel-only gain than by score alone on this small shared case.
 Without ignore regions (the default since; measured on another machine, whose stage 1 differs): novel-only
 28.05 -> 29.58 (ceiling 34.95), generalized novel 43.35 -> 50.27 (60.36), all 43.22 -> 46.84, base 43.15 -> 45.13,
-cross-domain 35.65 -> 41.78. Not asserted, because it
+cross-domain 35.65 -> 41.78. With the floor's passes over the labels kept (`--label-passes auto`: the class check
+finds held-out classes 0.78 x as well here) and top-5 naming: novel-only 30.35 -> 44.52 (ceiling 43.81), generalized
+novel 46.43 -> 66.72 (68.72), all 50.39 -> 62.44 (68.52), base 52.38 -> 60.30 (68.42), cross-domain 43.08 -> 46.27
+(63.45). Not asserted, because it
 does not hold: stage 2 beats its floor (the same compute on the labels alone, generator 2: 37.64 / 60.18 / 53.62 /
 50.34 / 39.97) — at this size the room over stage 1 is mostly training time, and the pseudo-labels cost against it
 (docs/selftrain.md).
@@ -50,13 +53,15 @@ def test_stage2_by_the_defaults_beats_stage1_where_the_ceiling_leaves_room(tmp_p
         assert ceiling > stage1 + 0.05, f"{label}: no room ({stage1:.4f} -> ceiling {ceiling:.4f})"
         assert stage2 > stage1, f"{label}: stage 2 {stage2:.4f} does not beat stage 1 {stage1:.4f}"
         assert report["recovery"][label] == pytest.approx((stage2 - stage1) / (ceiling - stage1))
+    # the class check finds held-out classes 0.78 x as well here: the floor's passes over the labels are kept
+    assert report["label_passes"]["passes"] == "kept"
     novel = ("generalized", "novel")
-    assert _lookup(report[last], novel) - _lookup(report["stage1"], novel) > 0.02  # measured: +4.2 points
+    # measured: +20.3 points (each video once per epoch, the former default: +4.2 when written, +6.9 on another machine)
+    assert _lookup(report[last], novel) - _lookup(report["stage1"], novel) > 0.10
     base = ("generalized", "base")
-    # the rule is base >= stage 1 - 1 point; re-ranking with ignore regions missed it on this small case
-    # (44.96 -> 43.40; by score alone 46.10; without ignore regions, today's default, 43.15 -> 45.13), so this
-    # asserts what held in every measured variant: no more than two points lost
-    assert _lookup(report[last], base) >= _lookup(report["stage1"], base) - 0.02
+    # the rule is base >= stage 1 - 1 point; measured +7.9 (the former epoch: +2.0 on another machine,
+    # with ignore regions 44.96 -> 43.40)
+    assert _lookup(report[last], base) >= _lookup(report["stage1"], base)
     # the pseudo-labels were chosen from held-out labelled videos, not a fixed τ
     provenance = json.loads((tmp_path / "run" / "pseudo_round1.json").read_text())["provenance"]
     assert "held-out" in provenance["threshold_source"]

@@ -14,7 +14,7 @@ import click
 
 from features.cli_support import Command, CountOrAuto, UnitOrAuto
 from tal.config import PRESETS
-from tal.selftrain import RERANKS, SelfTrainConfig
+from tal.selftrain import LABEL_PASSES, RERANKS, SelfTrainConfig
 from tal.thresholds import PRECISION_OF, ThresholdRule
 
 
@@ -66,6 +66,14 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
               help="Re-ranking: the recurrence's weight in the combined ranking (the score's: 1 minus it), or auto: "
                    "0.8 where stage 1's recipe finds labelled classes held out of its training at most half as well "
                    "as the classes it trained on (class-held-out fold models, --folds of them), else 0.5.")
+@click.option("--label-passes", type=click.Choice(list(LABEL_PASSES)), default=SelfTrainConfig.label_passes,
+              show_default=True,
+              help="How a later stage (and the ceiling, the floor) spends an epoch: mixed, every labelled and every "
+                   "unlabelled video once; kept, the floor's passes over the labelled videos kept (as many labelled "
+                   "clips as labelled + unlabelled videos) and every unlabelled video added; auto: kept where the "
+                   "class check finds held-out classes more than half as well as the classes it trained on, else "
+                   "mixed (measured on SIMULATED data: kept raised novel and base mAP there, lowered novel mAP where "
+                   "the check finds them at most half as well).")
 @click.option("--folds", default=2, show_default=True, type=click.IntRange(min=2),
               help="Cross-fitting folds for choosing τ.")
 @click.option("--top-k", default=None, type=click.IntRange(min=1), help="At most K pseudo-labels per video.")
@@ -111,7 +119,8 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
 @click.option("--simulated", is_flag=True, help="Label every output as simulated data.")
 @click.option("--no-progress", is_flag=True)
 def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds, stop_density, threshold,
-         ignore_threshold, target_precision, precision_of, target_recall, thresholds_per_round, rerank, recurrence_weight, folds, top_k,
+         ignore_threshold, target_precision, precision_of, target_recall, thresholds_per_round, rerank, recurrence_weight,
+         label_passes, folds, top_k,
          dedup_iou, min_duration, split, classes, subset, prefer_store, preset, overrides, later_overrides, seed, init,
          pseudo_ratio, pseudo_weight, test_features, test_annotations, cross_features, cross_annotations, test_subset,
          vocab, skip_missing, unlabeled_truth, ceiling, floor, simulated, no_progress):
@@ -144,6 +153,7 @@ def main(labeled_features, labeled_annotations, unlabeled_features, out, rounds,
                           preset=preset, overrides=list(overrides), later_overrides=list(later_overrides), seed=seed,
                           init=init, pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, tests=tests, vocab=vocab,
                           rerank=rerank, recurrence_weight=recurrence_weight, stop_density=stop_density,
+                          label_passes=label_passes,
                           simulated=simulated, prefer_store=prefer_store, skip_missing=skip_missing,
                           unlabeled_truth=unlabeled_truth, ceiling=ceiling, floor=floor)
     report = run_selftrain(cfg, out, progress=not no_progress)
