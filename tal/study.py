@@ -225,7 +225,7 @@ def _dependency(folder: Path, evaluated: bool = True) -> dict:
 
 def _base(cfg: SelfTrainConfig, folder: Path, paths: dict, progress: bool) -> dict:
     """What every run of a seed shares: stage 1, its evaluation, the pseudo-label thresholds it implies and what
-    the class check chooses (the recurrence's weight in the ranking, the rounds)."""
+    the class check chooses (the recurrence's weight in the ranking, the rounds, the later stages' label passes)."""
     from tal.selftrain import RunState, class_check, label_passes_plan, pseudo_filter, run_selftrain, uses_class_check
 
     first = dataclasses.replace(cfg, rounds=0, ceiling=False, floor=False)
@@ -235,7 +235,8 @@ def _base(cfg: SelfTrainConfig, folder: Path, paths: dict, progress: bool) -> di
     filt, why = pseudo_filter(first, state, folder, progress)
     return {"stage1": report["stage1"], "counts": report["counts"], "threshold": filt.threshold,
             "ignore_threshold": filt.ignore_threshold, "ranking": why["ranking"],
-            "recurrence_weight": why.get("recurrence_weight"), "label_passes": label_passes_plan(cfg, check)}
+            "recurrence_weight": why.get("recurrence_weight"),
+            "label_passes": label_passes_plan(cfg, check, state.before_label_passes)}
 
 
 def task_dependencies(task: str) -> list[str]:
