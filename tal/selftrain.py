@@ -180,6 +180,8 @@ class RunState:
             try:
                 recorded = json.loads(settings.read_text())
                 found = _comparable(SelfTrainConfig.from_dict(recorded).to_dict())
+                if "label_passes" not in recorded and wanted.get("label_passes") in ("auto", "mixed"):
+                    found["label_passes"] = wanted["label_passes"]  # it ran mixed: either resumes it as it was
             except (TypeError, KeyError, ValueError, AttributeError) as e:
                 raise SelfTrainError(f"{settings}: not the settings of a tal-selftrain run ({e}); choose another "
                                      "--out") from None
@@ -615,9 +617,10 @@ def label_passes_plan(cfg: SelfTrainConfig, check: dict | None, before_option: b
 
 
 def epoch_given(cfg: SelfTrainConfig) -> bool:
-    """Whether the user set the later stages' epoch (share of pseudo-labelled clips or clips per epoch)."""
-    keys = {item.split("=", 1)[0].strip() for item in list(cfg.overrides) + list(cfg.later_overrides)}
-    return cfg.pseudo_ratio is not None or bool(keys & {"data.pseudo_ratio", "data.epoch_clips"})
+    """Whether the user set the later stages' epoch (share of pseudo-labelled clips or clips per epoch: --pseudo-ratio,
+    a --set / --stage2-set override or the preset file)."""
+    data = stage_run_config(cfg, later=True).data
+    return data.pseudo_ratio is not None or data.epoch_clips is not None
 
 
 def candidate_filter(filt: FilterConfig) -> FilterConfig:
@@ -814,7 +817,8 @@ def build_report(cfg: SelfTrainConfig, out: Path, stages: dict, pseudo_counts: d
         report["recurrence_weight"] = {k: weight[k] for k in ("weight", "source", "ratio") if k in weight}
     if cfg.rounds == "auto":
         report["rounds_choice"] = {k: v for k, v in plan.items() if k != "label_passes"}
-    report["label_passes"] = plan["label_passes"]
+    if plan["rounds"] != 0:
+        report["label_passes"] = plan["label_passes"]
     if "ceiling" in stages:
         report["recovery"] = ceiling_recovery(report)
         if "floor" in stages:
@@ -911,10 +915,14 @@ def format_table(report: dict) -> str:
         lines.append(line + (" (chosen: the class check gave no ratio)" if plan.get("ratio") is None else
                              f" (chosen: the class check's ratio {plan['ratio']:.2f})"))
     passes = report.get("label_passes")
-    if passes and report.get("rounds", 0) != 0:
-        line = ("label passes: kept (each epoch of a later stage keeps the floor's passes over the labelled videos "
-                "and adds every unlabelled video)" if passes["passes"] == "kept" else
-                "label passes: mixed (each epoch of a later stage holds every labelled and unlabelled video once)")
+    if passes:
+        if passes["source"].startswith("chosen (--label-passes auto): the epoch is given"):
+            line = "label passes: as given (--pseudo-ratio or a data.pseudo_ratio / data.epoch_clips setting)"
+        elif passes["passes"] == "kept":
+            line = ("label passes: kept (each epoch of a later stage: labelled + unlabelled clips of labelled videos "
+                    "and one clip per unlabelled video)")
+        else:
+            line = "label passes: mixed (each epoch of a later stage holds every labelled and unlabelled video once)"
         if passes.get("ratio") is not None:
             line += f" (chosen: the class check's ratio {passes['ratio']:.2f})"
         elif passes["source"].startswith("recorded"):

@@ -76,7 +76,7 @@ ABLATIONS = {
     "recurrence-0.8": ({"recurrence_weight": 0.8}, "re-ranking with the recurrence weighing 0.8 and the score 0.2"),
     "rounds-1": ({"rounds": 1}, "one round: stage 1 pseudo-labels, stage 2 trains (the former default; auto "
                                 "chooses 3 or 1)"),
-    "ratio-0.5": ({"pseudo_ratio": 0.5}, "half the clips pseudo-labelled (natural share: 77 %)"),
+    "ratio-0.5": ({"pseudo_ratio": 0.5}, "half the clips pseudo-labelled, every video once per epoch (natural share: 77 %)"),
     "rounds-2": ({"rounds": 2}, "a second round: stage 2 pseudo-labels, stage 3 trains"),
     "rounds-3": ({"rounds": 3}, "three rounds: stage 2 pseudo-labels, stage 3 trains, stage 3 pseudo-labels, stage 4 "
                                 "trains"),
@@ -231,7 +231,7 @@ def _base(cfg: SelfTrainConfig, folder: Path, paths: dict, progress: bool) -> di
     first = dataclasses.replace(cfg, rounds=0, ceiling=False, floor=False)
     report = run_selftrain(first, folder, progress=progress)
     state = RunState(folder, first)
-    check = class_check(first, state, folder, progress) if uses_class_check(cfg) else None
+    check = class_check(first, state, folder, progress) if uses_class_check(cfg, state.before_label_passes) else None
     filt, why = pseudo_filter(first, state, folder, progress)
     return {"stage1": report["stage1"], "counts": report["counts"], "threshold": filt.threshold,
             "ignore_threshold": filt.ignore_threshold, "ranking": why["ranking"],
@@ -430,9 +430,10 @@ def _stage2_variant(out, kind, seed, arg, cfg, base_dir: Path, paths, progress) 
     if kind == "scale":
         n = int(arg)
         labelled, web = base["counts"]["labeled_videos"], base["counts"]["unlabeled_videos"]
+        clips = labelled + web + (web if _passes(cfg, base) == "kept" else 0)  # the main run's stage-2 epoch
         filt = _chosen_filter(cfg, base)
         cfg = dataclasses.replace(cfg, unlabeled_features=source["store"], later_overrides=list(
-            cfg.later_overrides) + [f"data.pseudo_ratio={web / (labelled + web)}", f"data.epoch_clips={labelled + web}"])
+            cfg.later_overrides) + [f"data.pseudo_ratio={web / clips}", f"data.epoch_clips={clips}"])
         truth = Path(source["store"]).with_suffix(".json")
     else:
         n, filt, truth = None, FilterConfig(threshold=float(arg), dedup_iou=cfg.filter.dedup_iou), paths["web_annotations"]

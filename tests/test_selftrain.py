@@ -357,6 +357,11 @@ def test_a_run_started_before_label_passes_existed_goes_on_mixed(reference_run, 
     assert report["label_passes"]["passes"] == "mixed" and report["label_passes"]["source"].startswith("recorded")
     assert (out / "stage2" / "last.pt").stat().st_mtime_ns == stamp and not (out / "unseen_classes").exists()
     assert "(the run started before --label-passes existed)" in format_table(report)
+    again = run_selftrain(dataclasses.replace(cfg, label_passes="mixed"), out, progress=False)  # what it ran: accepted
+    assert again["label_passes"] == {"passes": "mixed", "source": "given (--label-passes)"}
+    with pytest.raises(SelfTrainError, match="label_passes"):  # what it did not run: refused
+        run_selftrain(dataclasses.replace(cfg, label_passes="kept"), out, progress=False)
+    assert (out / "stage2" / "last.pt").stat().st_mtime_ns == stamp
 
 
 def test_thresholds_chosen_on_held_out_videos_are_recorded_with_why(chosen_run):

@@ -61,7 +61,7 @@ def test_stage2_by_the_defaults_beats_stage1_where_the_ceiling_leaves_room(tmp_p
     base = ("generalized", "base")
     # the rule is base >= stage 1 - 1 point; measured +7.9 (the former epoch: +2.0 on another machine,
     # with ignore regions 44.96 -> 43.40)
-    assert _lookup(report[last], base) >= _lookup(report["stage1"], base)
+    assert _lookup(report[last], base) >= _lookup(report["stage1"], base) - 0.01
     # the pseudo-labels were chosen from held-out labelled videos, not a fixed τ
     provenance = json.loads((tmp_path / "run" / "pseudo_round1.json").read_text())["provenance"]
     assert "held-out" in provenance["threshold_source"]

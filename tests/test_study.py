@@ -165,7 +165,12 @@ def test_scaling_keeps_compute_and_mix_and_nests_the_web_videos(study):
     assert sorted(result["scaling"], key=float) == ["0", "4", "12"]
     assert result["scaling"]["0"] == json.loads((task_dir(out, "main:0") / "report.json").read_text())["stage1"]
     cfg = yaml.safe_load((task_dir(out, "scale:0:12") / "stage2" / "config.yaml").read_text())
-    assert cfg["data"]["pseudo_ratio"] == pytest.approx(8 / 18) and cfg["data"]["epoch_clips"] == 18
+    # the main run's stage-2 epoch: 10 labelled + 8 web videos, and 8 more labelled clips where it kept the passes
+    kept = json.loads((task_dir(out, "base:0") / "result.json").read_text())["label_passes"]["passes"] == "kept"
+    clips = 18 + (8 if kept else 0)
+    assert cfg["data"]["pseudo_ratio"] == pytest.approx(8 / clips) and cfg["data"]["epoch_clips"] == clips
+    main = yaml.safe_load((task_dir(out, "main:0") / "stage2" / "config.yaml").read_text())["data"]
+    assert (main["epoch_clips"] or 18, main["pseudo_ratio"] or 8 / 18) == (clips, pytest.approx(8 / clips))
     counts = [result["scaling"][n]["pseudo_quality"]["true_actions"] for n in ("4", "12")]
     assert counts[0] < counts[1]  # more unlabelled videos, more (nested) truth behind the pseudo-labels
     # the default re-ranks the web proposals; each point re-ranks its own first N videos among themselves
@@ -218,6 +223,17 @@ def test_a_task_evaluated_with_another_naming_runs_again_without_training(study,
     assert all(json.loads(p.read_text())["naming"] == cached["naming"] for p in folder.glob("*/eval.json"))
     assert again["naming"] == cached["naming"]  # study.json says once how every figure in it was named
     assert checkpoints and all(p.stat().st_mtime_ns == t for p, t in checkpoints.items())
+
+
+def test_stage2_tasks_follow_the_main_runs_label_passes_unless_they_set_the_epoch(tmp_path):
+    from tal.study import _passes
+
+    cfg = main_config(collections.defaultdict(lambda: str(tmp_path / "unused")), 0, tiny_settings())
+    kept = {"label_passes": {"passes": "kept"}}
+    assert _passes(cfg, kept) == "kept" and _passes(cfg, {"label_passes": {"passes": "mixed"}}) == "mixed"
+    assert _passes(cfg, {}) == "mixed"  # a base result from before the option: its runs trained mixed
+    assert _passes(dataclasses.replace(cfg, pseudo_ratio=0.5), kept) == "mixed"  # the ratio-0.5 ablation
+    assert _passes(dataclasses.replace(cfg, later_overrides=["data.epoch_clips=10"]), kept) == "mixed"
 
 
 def test_cli_runs_tasks_in_parallel_processes(tmp_path):

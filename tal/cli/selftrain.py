@@ -68,12 +68,13 @@ from tal.thresholds import PRECISION_OF, ThresholdRule
                    "as the classes it trained on (class-held-out fold models, --folds of them), else 0.5.")
 @click.option("--label-passes", type=click.Choice(list(LABEL_PASSES)), default=SelfTrainConfig.label_passes,
               show_default=True,
-              help="How a later stage (and the ceiling, the floor) spends an epoch: mixed, every labelled and every "
-                   "unlabelled video once; kept, the floor's passes over the labelled videos kept (as many labelled "
-                   "clips as labelled + unlabelled videos) and every unlabelled video added; auto: kept where the "
-                   "class check finds held-out classes more than half as well as the classes it trained on, else "
-                   "mixed (measured on SIMULATED data: kept raised novel and base mAP there, lowered novel mAP where "
-                   "the check finds them at most half as well).")
+              help="How a later stage (and the ceiling, the floor) spends an epoch of L labelled and W unlabelled "
+                   "videos: mixed, every video once (L + W clips); kept, L + W clips of labelled videos and one per "
+                   "unlabelled video (L + 2W; the floor trains as many); auto: kept where the class check (run for "
+                   "it) finds held-out classes more than half as well as the classes it trained on, else mixed, and "
+                   "mixed where --pseudo-ratio or a data.pseudo_ratio / data.epoch_clips setting gives the epoch, "
+                   "which kept refuses (measured on SIMULATED data: kept raised novel and base mAP there, lowered "
+                   "novel mAP where the check finds them at most half as well).")
 @click.option("--folds", default=2, show_default=True, type=click.IntRange(min=2),
               help="Cross-fitting folds for choosing τ.")
 @click.option("--top-k", default=None, type=click.IntRange(min=1), help="At most K pseudo-labels per video.")
