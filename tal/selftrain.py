@@ -47,6 +47,10 @@ AUTO_ROUNDS, AUTO_STOP_DENSITY = 3, 1.0
 # and every unlabelled video added; "auto": kept where the class check finds held-out classes more than
 # UNSEEN_RATIO as well, else mixed (measured in docs/selftrain.md)
 LABEL_PASSES = ("auto", "mixed", "kept")
+# why a run's label passes are what they are where it is not the class check (report.json, the table line)
+PASSES_RECORDED = "recorded: the run started before --label-passes existed"
+PASSES_EPOCH_GIVEN = ("chosen (--label-passes auto): the epoch is given (--pseudo-ratio or data.pseudo_ratio / "
+                      "data.epoch_clips)")
 NO_CHECK_HINT = (" (the class check of --rounds / --recurrence-weight / --label-passes auto; give the first two a "
                  "number and --label-passes mixed or kept to run without it)")
 SETTINGS_NAME = "selftrain.json"
@@ -258,17 +262,22 @@ def train_stage(cfg: SelfTrainConfig, run_dir: Path, pseudo: list[Path], init_fr
     if floor or (pseudo and passes == "kept"):
         from tal.crossfit import labelled_videos
 
-        unlabelled = _count_videos([cfg.unlabeled_features])
-        extra = unlabelled if passes == "kept" else 0
-        run_cfg.data.epoch_clips = len(labelled_videos(inputs).videos) + unlabelled + extra
+        clips, ratio = later_epoch(len(labelled_videos(inputs).videos), _count_videos([cfg.unlabeled_features]), passes)
+        run_cfg.data.epoch_clips = clips
         if pseudo:
-            run_cfg.data.pseudo_ratio = unlabelled / run_cfg.data.epoch_clips
+            run_cfg.data.pseudo_ratio = ratio
     init = {}
     if init_from is not None and cfg.init == "ema":
         init["init_ema_from"] = init_from
     elif init_from is not None and cfg.init == "finetune":
         init["init_from"] = init_from
     return train(run_cfg, inputs, run_dir, resume=True, progress=progress, **init)
+
+
+def later_epoch(labelled: int, unlabelled: int, passes: str) -> tuple[int, float]:
+    """Clips per epoch of a later stage (``passes``: "mixed" or "kept", LABEL_PASSES) and its pseudo-labelled share."""
+    clips = labelled + unlabelled + (unlabelled if passes == "kept" else 0)
+    return clips, unlabelled / clips
 
 
 def novel_classes(cfg: SelfTrainConfig):
@@ -605,10 +614,9 @@ def label_passes_plan(cfg: SelfTrainConfig, check: dict | None, before_option: b
     if cfg.label_passes != "auto":
         return {"passes": cfg.label_passes, "source": "given (--label-passes)"}
     if before_option:
-        return {"passes": "mixed", "source": "recorded: the run started before --label-passes existed"}
+        return {"passes": "mixed", "source": PASSES_RECORDED}
     if epoch_given(cfg):
-        return {"passes": "mixed", "source": "chosen (--label-passes auto): the epoch is given (--pseudo-ratio or "
-                                             "data.pseudo_ratio / data.epoch_clips)"}
+        return {"passes": "mixed", "source": PASSES_EPOCH_GIVEN}
     ratio = (check or {}).get("ratio")
     return {"passes": "mixed" if ratio is None or misses_unseen(ratio) else "kept",
             "source": "chosen (--label-passes auto)", "ratio": ratio,
@@ -916,7 +924,7 @@ def format_table(report: dict) -> str:
                              f" (chosen: the class check's ratio {plan['ratio']:.2f})"))
     passes = report.get("label_passes")
     if passes:
-        if passes["source"].startswith("chosen (--label-passes auto): the epoch is given"):
+        if passes["source"] == PASSES_EPOCH_GIVEN:
             line = "label passes: as given (--pseudo-ratio or a data.pseudo_ratio / data.epoch_clips setting)"
         elif passes["passes"] == "kept":
             line = ("label passes: kept (each epoch of a later stage: labelled + unlabelled clips of labelled videos "
@@ -925,7 +933,7 @@ def format_table(report: dict) -> str:
             line = "label passes: mixed (each epoch of a later stage holds every labelled and unlabelled video once)"
         if passes.get("ratio") is not None:
             line += f" (chosen: the class check's ratio {passes['ratio']:.2f})"
-        elif passes["source"].startswith("recorded"):
+        elif passes["source"] == PASSES_RECORDED:
             line += " (the run started before --label-passes existed)"
         lines.append(line)
     stop = report.get("stopped")

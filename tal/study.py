@@ -43,8 +43,9 @@ from features.cli_support import Command
 from features.errors import StovtalError
 from tal.atomic import atomic_open, atomic_write_bytes, atomic_write_json
 from tal.crossfit import HELDOUT_PROPOSALS
-from tal.selftrain import (SIMULATED_NOTE, PROTOCOL_ROWS, UNSEEN_DIR, SelfTrainConfig, _lookup, evaluation_naming,
-                           named_as_today, recovered_share, recurrence_config, stage_names)
+from tal.selftrain import (SIMULATED_NOTE, PROTOCOL_ROWS, UNSEEN_DIR, SelfTrainConfig, _lookup, epoch_given,
+                           evaluation_naming, later_epoch, named_as_today, recovered_share, recurrence_config,
+                           stage_names)
 
 log = logging.getLogger("tal.study")
 
@@ -430,10 +431,10 @@ def _stage2_variant(out, kind, seed, arg, cfg, base_dir: Path, paths, progress) 
     if kind == "scale":
         n = int(arg)
         labelled, web = base["counts"]["labeled_videos"], base["counts"]["unlabeled_videos"]
-        clips = labelled + web + (web if _passes(cfg, base) == "kept" else 0)  # the main run's stage-2 epoch
+        clips, ratio = later_epoch(labelled, web, _passes(cfg, base))  # the main run's stage-2 epoch
         filt = _chosen_filter(cfg, base)
         cfg = dataclasses.replace(cfg, unlabeled_features=source["store"], later_overrides=list(
-            cfg.later_overrides) + [f"data.pseudo_ratio={web / clips}", f"data.epoch_clips={clips}"])
+            cfg.later_overrides) + [f"data.pseudo_ratio={ratio}", f"data.epoch_clips={clips}"])
         truth = Path(source["store"]).with_suffix(".json")
     else:
         n, filt, truth = None, FilterConfig(threshold=float(arg), dedup_iou=cfg.filter.dedup_iou), paths["web_annotations"]
@@ -469,8 +470,6 @@ def _oracle_selection(cfg: SelfTrainConfig, base_dir: Path, folder: Path, paths:
 def _passes(cfg: SelfTrainConfig, base: dict) -> str:
     """How a stage 2 of this task spends its epoch: the main runs' choice (the base task's record; "mixed" in
     results from before it existed), or "mixed" where the task sets the epoch itself (``scale``'s fixed compute)."""
-    from tal.selftrain import epoch_given
-
     return "mixed" if epoch_given(cfg) else (base.get("label_passes") or {}).get("passes", "mixed")
 
 
