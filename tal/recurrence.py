@@ -140,12 +140,31 @@ def recurrence(z: np.ndarray, owner: np.ndarray, cfg: RecurrenceConfig, progress
 # actions as it ranks base ones and the two weigh the same; where it finds them at most UNSEEN_RATIO as well, the
 # score says little about novel actions and the recurrence weighs RECURRENCE_HEAVY.
 EQUAL_WEIGHT, RECURRENCE_HEAVY, UNSEEN_RATIO = 0.5, 0.8, 0.5
+# Below this held-out videos' AP the check's fold models find few actions even of the classes they trained on, and
+# its ratio compares two weak models: measured 0.055-0.156 on three runs with 30 labelled videos of 12 classes (one
+# chose wrongly), 0.29-0.97 on the 17 other runs measured (docs/selftrain.md). A warning, not a rule (three runs are
+# too few to change a default on): the run does what the ratio says.
+WEAK_CHECK_AP = 0.2
 
 
 def misses_unseen(ratio: float | None) -> bool:
     """Whether the class check's ratio (held-out classes' AP ÷ held-out videos' AP; None: no evidence) says the
     recipe finds classes it never saw at most UNSEEN_RATIO as well: what the weight and ``--rounds auto`` act on."""
     return ratio is not None and ratio <= UNSEEN_RATIO
+
+
+def weak_check(seen_ap: float | None) -> bool:
+    """Whether the class check's fold models find too few actions of their own classes (held-out videos' AP
+    ``seen_ap`` below WEAK_CHECK_AP) for its ratio to say much."""
+    return seen_ap is not None and seen_ap < WEAK_CHECK_AP
+
+
+def weak_check_text(seen_ap: float) -> str:
+    """Why the choices of a weak class check (:func:`weak_check`) rest on little, and what to do about it."""
+    return (f"the class check's fold models find few actions even of the classes they trained on (held-out videos' AP "
+            f"{seen_ap:.3f}, below {WEAK_CHECK_AP:g}): what it chose (recurrence weight, rounds, label passes) rests "
+            "on little; give --recurrence-weight, --rounds and --label-passes to choose them yourself (on the three "
+            "such runs measured, 0.8, 3 and mixed raised every protocol: docs/selftrain.md)")
 
 
 def choose_weight(unseen_ap: float, seen_ap: float) -> dict:

@@ -416,7 +416,9 @@ def run_selftrain(cfg: SelfTrainConfig, out, *, progress: bool = True) -> dict:
         if stage == 1 and cfg.rounds != 0 and uses_class_check(cfg, state.before_label_passes):
             check = class_check(cfg, state, out, progress)
             plan = {**round_plan(cfg, check), "label_passes": label_passes_plan(cfg, check, state.before_label_passes)}
-            log.info("label passes: %s (%s)", plan["label_passes"]["passes"], plan["label_passes"]["source"])
+            chosen = plan["label_passes"]
+            log.info("label passes: %s; %s%s", chosen["passes"], chosen["source"],
+                     "" if chosen.get("ratio") is None else f", the class check's ratio {chosen['ratio']:.2f}")
         if stage > plan["rounds"]:
             break
         stage += 1
@@ -541,7 +543,7 @@ def class_check(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: bo
         return _check_record(out)
     from tal.crossfit import class_folds, heldout_evidence, heldout_sample, labelled_videos, unseen_class_ap
     from tal.pseudo import agnostic_ap
-    from tal.recurrence import EQUAL_WEIGHT, choose_weight
+    from tal.recurrence import EQUAL_WEIGHT, choose_weight, weak_check, weak_check_text
     from tal.thresholds import ThresholdError
 
     rule = cfg.threshold_rule or ThresholdRule()
@@ -576,6 +578,8 @@ def class_check(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: bo
         log.info("class check: held-out classes' AP %.3f, held-out videos' AP %.3f (ratio %s): recurrence weight %.2f",
                  choice["unseen_ap"], seen, "undefined" if choice["ratio"] is None else f"{choice['ratio']:.2f}",
                  choice["weight"])
+        if weak_check(seen):
+            log.warning("class check: %s", weak_check_text(seen))
     atomic_write_json(folder / "choice.json", choice)
     state.mark("stage1.unseen")
     return choice
@@ -804,6 +808,8 @@ def _count_videos(paths) -> int:
 
 
 def build_report(cfg: SelfTrainConfig, out: Path, stages: dict, pseudo_counts: dict, plan: dict) -> dict:
+    from tal.recurrence import weak_check
+
     report = {
         "simulated": cfg.simulated,
         "seed": cfg.seed,
@@ -823,6 +829,9 @@ def build_report(cfg: SelfTrainConfig, out: Path, stages: dict, pseudo_counts: d
     if (out / "pseudo_round1.reranked.json").exists():  # re-ranked (--rerank auto may have kept the score's order)
         weight = _weight_record(cfg, out)
         report["recurrence_weight"] = {k: weight[k] for k in ("weight", "source", "ratio") if k in weight}
+    seen_ap = _check_record(out).get("seen_ap") if (out / UNSEEN_DIR / "choice.json").exists() else None
+    if weak_check(seen_ap):
+        report["weak_class_check"] = {"seen_ap": seen_ap}
     if cfg.rounds == "auto":
         report["rounds_choice"] = {k: v for k, v in plan.items() if k != "label_passes"}
     if plan["rounds"] != 0:
@@ -936,6 +945,11 @@ def format_table(report: dict) -> str:
         elif passes["source"] == PASSES_RECORDED:
             line += " (the run started before --label-passes existed)"
         lines.append(line)
+    weak = report.get("weak_class_check")
+    if weak:
+        from tal.recurrence import weak_check_text
+
+        lines.append(f"warning: {weak_check_text(weak['seen_ap'])}")
     stop = report.get("stopped")
     if stop:
         lines.append(f"stopped before stage {stop['before_stage']}: {stop['step']}'s pseudo-labels are "

@@ -56,6 +56,15 @@ def test_the_automatic_weight_leans_on_the_recurrence_where_unseen_classes_are_m
     assert nothing["weight"] == EQUAL_WEIGHT and nothing["ratio"] is None
 
 
+def test_a_check_whose_fold_models_find_little_of_their_own_classes_is_weak():
+    from tal.recurrence import WEAK_CHECK_AP, weak_check, weak_check_text
+
+    assert weak_check(0.055) and weak_check(WEAK_CHECK_AP - 1e-6)  # 30 labelled videos: fold models near chance
+    assert not weak_check(WEAK_CHECK_AP) and not weak_check(0.29) and not weak_check(None)  # None: no check ran
+    assert "held-out videos' AP 0.055, below 0.2" in weak_check_text(0.055)
+    assert "--recurrence-weight, --rounds and --label-passes" in weak_check_text(0.055)
+
+
 def test_segment_contents_is_what_a_segment_adds_to_its_surroundings():
     rng = np.random.default_rng(0)
     base = rng.normal(size=16)

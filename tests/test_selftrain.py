@@ -291,6 +291,11 @@ def test_the_recurrence_weight_is_chosen_on_class_held_out_folds(chosen_run, tin
     assert seen > 0 and choice["seen_ap"] == pytest.approx(seen)
     assert choice["ratio"] == pytest.approx(choice["unseen_ap"] / seen)
     assert choice["weight"] == (0.8 if choice["ratio"] <= 0.5 else 0.5)  # tal.recurrence.choose_weight
+    weak = choice["seen_ap"] < 0.2  # tal.recurrence.WEAK_CHECK_AP: the report and the table warn
+    assert report.get("weak_class_check") == ({"seen_ap": choice["seen_ap"]} if weak else None)
+    assert ("warning: the class check's fold models find few actions" in format_table(report)) == weak
+    assert "warning: the class check" in format_table({**report, "weak_class_check": {"seen_ap": 0.05}})
+    assert "warning: the class check" not in format_table({k: v for k, v in report.items() if k != "weak_class_check"})
     state = json.loads((out / "state.json").read_text())["done"]
     assert state.index("stage1.unseen") < state.index("round1.pseudo")
     prov = json.loads((out / "pseudo_round1.json").read_text())["provenance"]
