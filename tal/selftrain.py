@@ -579,7 +579,7 @@ def class_check(cfg: SelfTrainConfig, state: "RunState", out: Path, progress: bo
                  choice["unseen_ap"], seen, "undefined" if choice["ratio"] is None else f"{choice['ratio']:.2f}",
                  choice["weight"])
         if weak_check(seen):
-            log.warning("class check: %s", weak_check_text(seen))
+            log.warning("%s", weak_check_text(seen))
     atomic_write_json(folder / "choice.json", choice)
     state.mark("stage1.unseen")
     return choice
